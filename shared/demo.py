@@ -1,0 +1,105 @@
+"""`make demo`: every project's main job on the embedded `digits` data, as nested MLflow runs under one demo run.
+
+Run through MLflow (``mlflow run . -e demo --env-manager local``) or directly (``python -m shared.demo``). Each
+project contributes ``projects/<name>/demo.py: run_demo(out_dir)``; a project whose demo step fails is reported and
+the demo exits non-zero after running the others.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+import traceback
+from pathlib import Path
+
+STEPS = {
+    "shared": None,
+    "cone_geometry": "projects.cone_geometry.demo",
+    "hyperplane_bias": "projects.hyperplane_bias.demo",
+    "depth_limit": "projects.depth_limit.demo",
+    "feature_amounts": "projects.feature_amounts.demo",
+}
+
+
+def _shared_step(out_dir: Path) -> None:
+    from shared.data import DataConfig
+    from shared.experiment import run_training
+    from shared.train import TrainConfig
+
+    out = run_training(project="shared", entry_point="train", arch="lenet_small", run_name="demo-lenet-digits",
+                       data_cfg=DataConfig(dataset="digits", batch_size=64, augmentation=True),
+                       train_cfg=TrainConfig(epochs=3, lr=0.05, snapshot_every=1), model_options={"width": 8},
+                       out_dir=str(out_dir / "lenet"))
+    print(f"  lenet_small on digits: test accuracy {out.result.final['test_acc']:.3f} (run {out.run_id})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--steps", default="all", help="comma-separated steps, or all: " + ", ".join(STEPS))
+    ap.add_argument("--out-dir", default="outputs/demo")
+    args = ap.parse_args(argv)
+    from mlflow.tracking import MlflowClient
+
+    from shared.files import ensure_writable_dir
+    from shared.tracking import Tracker, configure_tracking
+
+    uri = configure_tracking()
+    steps = list(STEPS) if args.steps == "all" else [s.strip() for s in args.steps.split(",")]
+    unknown = [s for s in steps if s not in STEPS]
+    if unknown:
+        print(f"error: unknown demo step(s) {', '.join(unknown)}; use: {', '.join(STEPS)}", file=sys.stderr)
+        return 2
+    out_dir = ensure_writable_dir(args.out_dir)
+    failed: list[str] = []
+    t_all = time.perf_counter()
+    tracker = Tracker()
+    with tracker.start("geomlab", "demo", run_name="demo") as t:
+        demo_run = t.run_id
+        for step in steps:
+            t0 = time.perf_counter()
+            print(f"[demo] {step} ...", flush=True)
+            try:
+                if STEPS[step] is None:
+                    _shared_step(out_dir / step)
+                else:
+                    try:
+                        mod = importlib.import_module(STEPS[step])
+                    except ModuleNotFoundError as e:
+                        if e.name == STEPS[step]:
+                            print(f"  (no demo step for {step} in this checkout)")
+                            continue
+                        raise
+                    mod.run_demo(ensure_writable_dir(out_dir / step))
+            except Exception:
+                traceback.print_exc()
+                failed.append(step)
+            dt = time.perf_counter() - t0
+            t.log_metrics({f"demo_seconds_{step}": dt})
+            print(f"[demo] {step} done in {dt:.1f} s", flush=True)
+        t.log_metrics({"demo_seconds_total": time.perf_counter() - t_all})
+    client = MlflowClient()
+    runs = client.search_runs([t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{demo_run}'",
+                              max_results=500)
+    grand = []
+    for r in runs:
+        grand += client.search_runs([t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'",
+                                    max_results=500)
+    print(f"\n[demo] logged to {uri}: demo run {demo_run} with {len(runs)} child runs"
+          + (f" and {len(grand)} grandchild runs" if grand else "") + f" ({time.perf_counter() - t_all:.0f} s)")
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        arts = [a.path for a in client.list_artifacts(r.info.run_id)]
+        name = r.info.run_name or r.info.run_id
+        print(f"  {name:32s} {r.data.tags.get('project', ''):16s} metrics={len(r.data.metrics):3d} "
+              f"artifacts={','.join(arts)[:70]}")
+    db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
+    ui = f"mlflow ui --backend-store-uri {uri}" if db else "open your MLflow server's address"
+    print(f"\n[demo] open the UI with:  {ui}   (then http://127.0.0.1:5000)")
+    if failed:
+        print(f"[demo] FAILED steps: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

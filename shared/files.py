@@ -1,0 +1,114 @@
+"""Files: atomic writes, writable-directory checks, snapshot save/load with clear errors."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shared.errors import UsageError
+
+SNAPSHOT_FORMAT = "geomlab-snapshot/1"
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
+    """Create ``path`` if needed and check that files can be written in it."""
+    p = Path(path).expanduser()
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{what} {p} cannot be written ({e.strerror or e}); choose another with --out-dir "
+                         "or fix its permissions") from None
+    return p
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    def w(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+    return atomic_write(path, w)
+
+
+def save_snapshot(path: str | os.PathLike, payload: dict) -> Path:
+    """Save a snapshot dict (``model_state_dict`` plus whatever the trainer adds) atomically."""
+    payload = {"format": SNAPSHOT_FORMAT, **payload}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_snapshot(path: str | os.PathLike) -> dict:
+    """Load a snapshot written by :func:`save_snapshot`, a raw state_dict, or an original `.tar` / `.pt` file.
+
+    Always returns a dict with ``model_state_dict``. Missing, truncated and corrupted files raise UsageError.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise UsageError(f"snapshot {p} does not exist; pass a snapshot file or an MLflow URI such as "
+                         "runs:/<run_id>/snapshots/epoch_010.pt")
+    if p.is_dir():
+        raise UsageError(f"snapshot {p} is a directory; pass one snapshot file inside it")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError, ImportError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(f"snapshot {p} is corrupted or truncated ({msg[:120]}); re-copy it or use another epoch's "
+                         "snapshot") from None
+    except Exception as e:  # unpickling garbage can raise nearly anything
+        raise UsageError(f"snapshot {p} is not a readable torch file ({type(e).__name__}); re-copy it or use another "
+                         "epoch's snapshot") from None
+    if isinstance(obj, torch.nn.Module):
+        obj = {"model_state_dict": obj.state_dict()}
+    if not isinstance(obj, dict):
+        raise UsageError(f"snapshot {p} holds a {type(obj).__name__}, not a state dict; pass a snapshot file")
+    if "model_state_dict" not in obj:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = {"model_state_dict": obj}
+        else:
+            raise UsageError(f"snapshot {p} has no model weights (keys: {', '.join(list(obj)[:6])}); pass a snapshot "
+                             "written by a training run")
+    obj["path"] = str(p)
+    return obj
+
+
+def load_weights(model: torch.nn.Module, snapshot: dict, *, strict: bool = True) -> torch.nn.Module:
+    """Copy a snapshot's weights into ``model``; a snapshot of another architecture raises UsageError."""
+    sd = snapshot["model_state_dict"]
+    # snapshots of DataParallel-wrapped models (the original code) carry a 'module.' prefix
+    if sd and all(".module." in k or k.startswith("module.") for k in sd):
+        sd = {k.replace("module.", "", 1) if k.startswith("module.") else k.replace(".module.", ".", 1): v
+              for k, v in sd.items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
+    if wrong or (strict and (missing or unexpected)):
+        arch = snapshot.get("model_spec", {}).get("arch")
+        which = f"was written for architecture {arch!r}" if arch else "does not match this architecture"
+        detail = (f"shape of {wrong[0]}: {tuple(sd[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}" if wrong
+                  else f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}")
+        raise UsageError(f"snapshot {snapshot.get('path', '')} {which} ({detail}); pass the --arch (and dataset) "
+                         "it was trained with")
+    model.load_state_dict(sd, strict=strict)
+    return model

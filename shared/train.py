@@ -1,0 +1,474 @@
+"""The one training loop of geomlab.
+
+``Trainer(model, data, TrainConfig(...), tracker=..., loss_fn=..., callbacks=[...]).fit()`` trains with SGD or
+Adam (or a registered optimizer), a pluggable LR schedule (stepped per epoch or per optimizer step), optional
+gradient accumulation over micro-batches, per-epoch evaluation (loss, top-1, top-5), snapshots and exact resume.
+
+Snapshots are ``<out_dir>/snapshots/epoch_NNN.pt`` where NNN is the number of *completed* epochs (epoch_000 is the
+initialization), logged to MLflow under ``snapshots/``. A snapshot holds the model, optimizer, scheduler, every RNG
+state (torch, numpy, python, the training loader's generator), callback states and the epoch, so a run resumed with
+``resume_from`` continues exactly as the uninterrupted run would (bit-identical on CPU).
+
+Projects extend the loop without copying it:
+- ``loss_fn(model, x, y) -> (loss, output)``: a different loss (distillation, p-loss);
+- callbacks (:class:`Callback`): per-step metrics, early stopping rules, anything at epoch end;
+- ``OPTIMIZERS`` / ``SCHEDULES`` registries: more optimizers and schedules (SGDR per step);
+- ``micro_batches``: gradient accumulation (the logical batch stays fixed).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.data import Data, data_params
+from shared.errors import UsageError, check
+from shared.files import ensure_writable_dir, load_snapshot, load_weights, save_snapshot
+from shared.models import model_spec
+from shared.progress import progress_bar
+from shared.registry import Registry
+from shared.tracking import Tracker
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    schedule: str = "step"
+    lr_step: int = 0  # epochs between LR decays (schedule 'step'); 0 = constant LR
+    lr_decay: float = 0.1
+    seed: int = 0
+    snapshot_every: int = 0  # epochs; 0 = only the final epoch (and the initialization)
+    snapshot_all_until: int = 0  # also snapshot every epoch while fewer than this many are done
+    snapshot_init: bool = True
+    train_acc: bool = False  # evaluate the training split (test-time transforms) every evaluation
+    eval_every: int = 1
+    eval_test: bool = True  # also evaluate the test split when a validation split exists
+    micro_batches: int = 1  # gradient accumulation: each batch is split into this many chunks
+    device: str = "auto"
+    ema: float = 0.99  # smoothing of the reported running loss (as the original codes)
+
+    def validate(self) -> None:
+        check(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
+        check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(self.micro_batches >= 1, f"--micro-batches must be >= 1, got {self.micro_batches}")
+        check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+              f"unknown device {self.device!r}; use auto, cpu or cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Registries: optimizers and schedules
+
+OPTIMIZERS: Registry[Callable] = Registry("optimizer")
+SCHEDULES: Registry[Callable] = Registry("schedule")
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(params, cfg: TrainConfig):
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           nesterov=cfg.nesterov and cfg.momentum > 0)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(params, cfg: TrainConfig):
+    # as the original codes: Adam ignores momentum; weight decay is applied when given
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(params, cfg: TrainConfig):
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Schedule:
+    """A torch LR scheduler (or anything with step/state_dict/load_state_dict) and when it is stepped."""
+
+    scheduler: object | None
+    per_step: bool = False  # True: stepped after every optimizer step; False: after every epoch
+
+
+@SCHEDULES.register("none")
+def _none(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    return Schedule(None)
+
+
+@SCHEDULES.register("step")
+def _step(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    if cfg.lr_step <= 0 or cfg.lr_decay <= 0:
+        return Schedule(None)
+    return Schedule(torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_decay))
+
+
+@SCHEDULES.register("cosine")
+def _cosine(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+    return Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch)),
+                    per_step=True)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def default_loss(task: str) -> LossFn:
+    if task == "regression":
+        def mse(model, x, y):
+            out = model(x)
+            return F.mse_loss(out, y), out
+        return mse
+
+    def ce(model, x, y):
+        out = model(x)
+        return F.cross_entropy(out, y), out
+    return ce
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu", task: str = "classification",
+             loss_fn: LossFn | None = None) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) of ``model`` over ``loader``."""
+    loss_fn = loss_fn or default_loss(task)
+    was_training = model.training
+    model.eval()
+    n, loss_sum, c1, c5 = 0, 0.0, 0, 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss, out = loss_fn(model, x, y)
+        b = len(y)
+        n += b
+        loss_sum += float(loss) * b
+        if task == "classification":
+            k = min(5, out.shape[1])
+            top = out.topk(k, dim=1).indices
+            hit = top == y[:, None]
+            c1 += int(hit[:, 0].sum())
+            c5 += int(hit.any(1).sum())
+    model.train(was_training)
+    res = {"loss": loss_sum / max(n, 1)}
+    if task == "classification":
+        res.update(acc=c1 / max(n, 1), top5=c5 / max(n, 1))
+    return res
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Callbacks
+
+
+class Callback:
+    """Hooks into :class:`Trainer`. Override what you need; ``state_dict`` is saved in snapshots."""
+
+    def on_train_start(self, trainer: "Trainer") -> None: ...
+
+    def on_step_end(self, trainer: "Trainer", loss: float, output: torch.Tensor, y: torch.Tensor) -> None: ...
+
+    def on_epoch_end(self, trainer: "Trainer", metrics: dict) -> None: ...
+
+    def on_train_end(self, trainer: "Trainer") -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class KillPlateaus(Callback):
+    """Stop a run that does not learn, with either original rule.
+
+    - ``loss-ratio`` (seed 000): the smoothed loss at batch ``at_batch`` of epoch ``at_epoch`` must be at least
+      ``ratio`` times smaller than at batch ``at_batch`` of the first epoch (and finite, non-zero);
+    - ``acc-equal`` (seed 001): stop when an evaluation's accuracy exactly equals the previous one's (first: 0).
+    """
+
+    def __init__(self, rule: str = "loss-ratio", at_epoch: int = 20, at_batch: int = 100, ratio: float = 2.0):
+        check(rule in ("loss-ratio", "acc-equal"), f"unknown kill-plateaus rule {rule!r}; use loss-ratio or acc-equal")
+        self.rule, self.at_epoch, self.at_batch, self.ratio = rule, at_epoch, at_batch, ratio
+        self.start_loss: float | None = None
+        self.prev_acc = 0.0
+
+    def on_step_end(self, trainer, loss, output, y):
+        if self.rule != "loss-ratio" or trainer.batch_in_epoch != self.at_batch - 1:
+            return
+        cur = trainer.smoothed_loss
+        if trainer.epoch == 0:
+            self.start_loss = cur
+        elif trainer.epoch == self.at_epoch - 1 and self.start_loss is not None:
+            if cur == 0 or not math.isfinite(cur) or self.start_loss / cur < self.ratio:
+                trainer.request_stop(f"plateau: smoothed loss {cur:.4g} at epoch {self.at_epoch} is not "
+                                     f"{self.ratio}x below {self.start_loss:.4g}")
+
+    def on_epoch_end(self, trainer, metrics):
+        if self.rule != "acc-equal":
+            return
+        acc = metrics.get("val_acc", metrics.get("test_acc"))
+        if acc is None:
+            return
+        if acc == self.prev_acc:
+            trainer.request_stop(f"plateau: accuracy {acc:.4f} unchanged since the previous evaluation")
+        self.prev_acc = acc
+
+    def state_dict(self):
+        return {"start_loss": self.start_loss, "prev_acc": self.prev_acc}
+
+    def load_state_dict(self, state):
+        self.start_loss, self.prev_acc = state["start_loss"], state["prev_acc"]
+
+
+# Callbacks added to every Trainer of this process (e.g. an Optuna trial reporter installed by a sweep).
+GLOBAL_CALLBACKS: list[Callback] = []
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class FitResult:
+    epochs_done: int
+    converged: bool
+    stop_reason: str | None
+    history: list[dict] = field(default_factory=list)
+    last_snapshot: Path | None = None
+
+    @property
+    def final(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, data: Data, cfg: TrainConfig, *, tracker: Tracker | None = None,
+                 out_dir: str | Path | None = None, loss_fn: LossFn | None = None,
+                 callbacks: Iterable[Callback] = (), params: Iterable[torch.nn.Parameter] | None = None,
+                 snapshot_meta: dict | None = None, progress: bool = True):
+        cfg.validate()
+        self.cfg, self.data = cfg, data
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.tracker = tracker or Tracker(enabled=False)
+        self.out_dir = ensure_writable_dir(out_dir) if out_dir is not None else None
+        self.loss_fn = loss_fn or default_loss(data.task)
+        self.callbacks = list(callbacks) + list(GLOBAL_CALLBACKS)
+        trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = OPTIMIZERS.get(cfg.optimizer)(trainable, cfg)
+        self.schedule = SCHEDULES.get(cfg.schedule)(self.optimizer, cfg, len(data.train))
+        self.snapshot_meta = snapshot_meta or {}
+        self.progress = progress
+        self.micro_batches = cfg.micro_batches
+        self.epoch = 0  # completed epochs
+        self.global_step = 0  # optimizer steps done
+        self.batch_in_epoch = 0
+        self.smoothed_loss = float("nan")
+        self.history: list[dict] = []
+        self._stop: str | None = None
+        self.last_snapshot: Path | None = None
+
+    # -- control -------------------------------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        self._stop = reason
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # -- snapshots -----------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        sch = self.schedule.scheduler
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model_state_dict": self.model.state_dict(),
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "scheduler_state_dict": sch.state_dict() if sch is not None else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "train_loader": self.data.train.state_dict()},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "smoothed_loss": self.smoothed_loss,
+            "history": self.history,
+            "model_spec": model_spec(self.model),
+            "train_config": asdict(self.cfg),
+            "data_config": asdict(self.data.config),
+            "micro_batches": self.micro_batches,
+            **self.snapshot_meta,
+        }
+
+    def save_snapshot(self) -> Path | None:
+        if self.out_dir is None and not self.tracker.enabled:
+            return None
+        name = f"epoch_{self.epoch:03d}.pt"
+        if self.out_dir is not None:
+            path = save_snapshot(self.out_dir / "snapshots" / name, self.state())
+        else:
+            import tempfile
+
+            path = save_snapshot(Path(tempfile.mkdtemp(prefix="geomlab-snap-")) / name, self.state())
+        self.tracker.log_artifact(path, "snapshots")
+        self.last_snapshot = path
+        return path
+
+    def resume(self, source: str) -> None:
+        """Restore everything from a snapshot (path or MLflow URI) written by this trainer."""
+        from shared.tracking import resolve_input
+
+        path, _ = resolve_input(source, "snapshot to resume from")
+        snap = load_snapshot(path)
+        load_weights(self.model, snap)
+        for key in ("optimizer_state_dict", "rng", "epoch"):
+            if key not in snap:
+                raise UsageError(f"snapshot {path} holds weights only (no {key}); resume needs a snapshot written "
+                                 "during training (snapshots/epoch_NNN.pt), or start from it with --init-from")
+        self.optimizer.load_state_dict(snap["optimizer_state_dict"])
+        if self.schedule.scheduler is not None and snap.get("scheduler_state_dict") is not None:
+            self.schedule.scheduler.load_state_dict(snap["scheduler_state_dict"])
+        rng = snap["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.data.train.load_state_dict(rng["train_loader"])
+        for cb, st in zip(self.callbacks, snap.get("callbacks", [])):
+            cb.load_state_dict(st)
+        self.epoch, self.global_step = int(snap["epoch"]), int(snap.get("global_step", 0))
+        self.smoothed_loss = snap.get("smoothed_loss", float("nan"))
+        self.history = list(snap.get("history", []))
+        self.micro_batches = snap.get("micro_batches", self.micro_batches)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def _should_snapshot(self) -> bool:
+        e, cfg = self.epoch, self.cfg
+        every = cfg.snapshot_every if cfg.snapshot_every > 0 else cfg.epochs
+        return e == cfg.epochs or e % every == 0 or e <= cfg.snapshot_all_until
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        k = min(self.micro_batches, len(y))
+        if k == 1:
+            loss, out = self.loss_fn(self.model, x, y)
+            loss.backward()
+            total = float(loss.detach())
+        else:
+            outs, total, n = [], 0.0, len(y)
+            for xc, yc in zip(x.chunk(k), y.chunk(k)):
+                loss, out = self.loss_fn(self.model, xc, yc)
+                (loss * (len(yc) / n)).backward()
+                total += float(loss.detach()) * len(yc) / n
+                outs.append(out.detach())
+            out = torch.cat(outs)
+        if not math.isfinite(total):
+            raise UsageError(f"training loss became {total} at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
+                             f"(lr {self.lr:g}); lower --lr or use a smaller init scale"
+                             + (f"; snapshots up to epoch {self.epoch} are kept in {self.out_dir}" if self.out_dir else ""))
+        self.optimizer.step()
+        self.global_step += 1
+        if self.schedule.per_step and self.schedule.scheduler is not None:
+            self.schedule.scheduler.step()
+        return total, out
+
+    def evaluate_all(self) -> dict:
+        m: dict[str, float] = {}
+        task = self.data.task
+        if self.data.val is not None:
+            m.update({f"val_{k}": v for k, v in evaluate(self.model, self.data.val, self.device, task).items()})
+        if self.data.val is None or self.cfg.eval_test:
+            m.update({f"test_{k}": v for k, v in evaluate(self.model, self.data.test, self.device, task).items()})
+        if self.cfg.train_acc:
+            m.update({f"train_eval_{k}": v
+                      for k, v in evaluate(self.model, self.data.train_eval, self.device, task).items()})
+        return m
+
+    def fit(self, resume_from: str | None = None) -> FitResult:
+        cfg = self.cfg
+        if resume_from:
+            self.resume(resume_from)
+        elif cfg.snapshot_init and self.epoch == 0:
+            self.save_snapshot()
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        n_batches = len(self.data.train)
+        classification = self.data.task == "classification"
+        with progress_bar(self.progress) as bar:
+            ep_task = bar.add_task("epochs", total=cfg.epochs, completed=self.epoch)
+            b_task = bar.add_task("batches", total=n_batches)
+            while self.epoch < cfg.epochs and self._stop is None:
+                self.model.train()
+                t0 = time.perf_counter()
+                loss_sum, seen, correct = 0.0, 0, 0
+                bar.reset(b_task, total=n_batches)
+                for self.batch_in_epoch, (x, y) in enumerate(self.data.train):
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    loss, out = self._train_step(x, y)
+                    b = len(y)
+                    loss_sum += loss * b
+                    seen += b
+                    if classification:
+                        correct += int((out.argmax(1) == y).sum())
+                    s = self.smoothed_loss
+                    self.smoothed_loss = loss if not math.isfinite(s) else cfg.ema * s + (1 - cfg.ema) * loss
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, loss, out, y)
+                    bar.advance(b_task)
+                    if self._stop is not None:
+                        break
+                lr_used = self.lr
+                if not self.schedule.per_step and self.schedule.scheduler is not None:
+                    self.schedule.scheduler.step()
+                self.epoch += 1
+                metrics = {"train_loss": loss_sum / max(seen, 1), "lr": lr_used,
+                           "epoch_time_s": time.perf_counter() - t0}
+                if classification:
+                    metrics["train_acc"] = correct / max(seen, 1)
+                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                    metrics.update(self.evaluate_all())
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, metrics)
+                self.history.append({"epoch": self.epoch, **metrics})
+                self.tracker.log_metrics(metrics, step=self.epoch)
+                if self._should_snapshot() or self._stop is not None:
+                    self.save_snapshot()
+                self.tracker.flush()
+                bar.advance(ep_task)
+                desc = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train_loss", "val_acc", "test_acc"))
+                bar.update(ep_task, description=f"epoch {self.epoch}/{cfg.epochs} {desc}")
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        converged = self._stop is None
+        self.tracker.set_tags({"converged": converged, **({"stop_reason": self._stop} if self._stop else {})})
+        return FitResult(self.epoch, converged, self._stop, self.history, self.last_snapshot)
+
+
+def train_params(cfg: TrainConfig) -> dict:
+    return {f"train.{k}": v for k, v in asdict(cfg).items()}
+
+
+def run_params(train_cfg: TrainConfig, data: Data, **extra) -> dict:
+    """Everything a training run should log as MLflow params."""
+    return {**train_params(train_cfg), **data_params(data.config), "data.num_classes": data.num_classes,
+            "data.input_shape": "x".join(map(str, data.input_shape)), **data.info, **extra}

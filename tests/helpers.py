@@ -1,0 +1,60 @@
+"""Writers of tiny datasets in the exact on-disk formats that torchvision's real loaders read."""
+from __future__ import annotations
+
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+
+
+def _idx(path: Path, arr: np.ndarray) -> None:
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    magic = 0x0800 | arr.ndim  # ubyte data, ndim dimensions
+    with open(path, "wb") as f:
+        f.write(struct.pack(">I", magic))
+        for d in arr.shape:
+            f.write(struct.pack(">I", d))
+        f.write(arr.tobytes())
+
+
+def write_mnist_like(root: Path, cls_name: str = "MNIST", n_train: int = 200, n_test: int = 50, size: int = 28,
+                     num_classes: int = 10, seed: int = 0) -> Path:
+    """Write root/<cls_name>/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte (uncompressed idx files).
+
+    Images carry a class-dependent bright square so that a model can learn them."""
+    rng = np.random.RandomState(seed)
+    raw = Path(root) / cls_name / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.randint(0, num_classes, size=n).astype(np.uint8)
+        x = rng.randint(0, 60, size=(n, size, size)).astype(np.uint8)
+        for i, c in enumerate(y):
+            r, col = divmod(int(c), 4)
+            x[i, 2 + 6 * r: 6 + 6 * r, 2 + 6 * col: 6 + 6 * col] = 250
+        _idx(raw / f"{prefix}-images-idx3-ubyte", x)
+        _idx(raw / f"{prefix}-labels-idx1-ubyte", y)
+    return Path(root)
+
+
+def write_cifar_like(root: Path, n_per_batch: int = 20, n_test: int = 40, seed: int = 0, num_classes: int = 10) -> Path:
+    """Write root/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta} as CIFAR pickles."""
+    rng = np.random.RandomState(seed)
+    d = Path(root) / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+
+    def batch(n):
+        y = rng.randint(0, num_classes, size=n)
+        x = rng.randint(0, 60, size=(n, 3, 32, 32)).astype(np.uint8)
+        for i, c in enumerate(y):
+            x[i, c % 3, 4 * (c // 3): 4 * (c // 3) + 6, :] = 240
+        return {"data": x.reshape(n, 3072), "labels": [int(v) for v in y], "batch_label": "synthetic"}
+
+    for i in range(1, 6):
+        with open(d / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(n_per_batch), f)
+    with open(d / "test_batch", "wb") as f:
+        pickle.dump(batch(n_test), f)
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": n_per_batch}, f)
+    return Path(root)
