@@ -76,8 +76,8 @@ def load_snapshot(path: str | os.PathLike) -> dict:
         raise UsageError(f"snapshot {p} is corrupted or truncated ({msg[:120]}); re-copy it or use another epoch's "
                          "snapshot") from None
     except Exception as e:  # unpickling garbage can raise nearly anything
-        raise UsageError(f"snapshot {p} is not a readable torch file ({type(e).__name__}); re-copy it or use another "
-                         "epoch's snapshot") from None
+        raise UsageError(f"snapshot {p} is corrupted or truncated, or not a torch file ({type(e).__name__}); re-copy "
+                         "it or use another epoch's snapshot") from None
     if isinstance(obj, torch.nn.Module):
         obj = {"model_state_dict": obj.state_dict()}
     if not isinstance(obj, dict):

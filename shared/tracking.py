@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import subprocess
@@ -37,6 +38,8 @@ def configure_tracking() -> str:
         uri = f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # keep stderr for our own one-line messages
     mlflow.set_tracking_uri(uri)
     return uri
 
