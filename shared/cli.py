@@ -11,8 +11,8 @@ import os
 import sys
 
 import typer
-from typer.core import TyperGroup
 
+from shared.app import make_app  # noqa: F401  (re-exported: projects may import it from here)
 from shared.errors import UsageError
 
 PROJECT_APPS = {
@@ -21,25 +21,6 @@ PROJECT_APPS = {
     "depth-limit": "projects.depth_limit.cli",
     "feature-amounts": "projects.feature_amounts.cli",
 }
-
-
-class _Group(TyperGroup):
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except UsageError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted: finished work (snapshots, statistics) is kept; re-run the same command to "
-                       "continue", err=True)
-            raise typer.Exit(130) from None
-
-
-def make_app(help: str, **kwargs) -> typer.Typer:
-    """A Typer app with geomlab's error handling; use it for every project sub-app."""
-    return typer.Typer(help=help, cls=_Group, no_args_is_help=True, pretty_exceptions_enable=False,
-                       add_completion=False, **kwargs)
 
 
 app = make_app("geomlab: reproduce, compare and extend research on what training does to network weights. "
@@ -87,8 +68,6 @@ def _mount() -> None:
         sweep.register(app)
 
 
-_mount()
-
 
 def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -100,4 +79,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m shared.cli` (MLproject entry points): run the imported module's app, so that project CLIs importing
+    # shared.cli mount onto the same app (and it is not built twice).
+    import shared.cli as _cli
+
+    _cli.main()
+else:
+    _mount()

@@ -45,7 +45,7 @@ def run_training(*, project: str, entry_point: str, arch: str | None, data_cfg: 
                  tags: dict | None = None, run_name: str | None = None, parent_run_id: str | None = None,
                  tracker: Tracker | None = None, model: nn.Module | None = None, data: Data | None = None,
                  trainable: Iterable[nn.Parameter] | None = None, progress: bool = True,
-                 snapshot_meta: dict | None = None) -> TrainOutcome:
+                 snapshot_meta: dict | None = None, eval_loss_fn: LossFn | None = None) -> TrainOutcome:
     """Train ``arch`` on ``data_cfg`` inside one MLflow run; returns the run id and the fit result.
 
     ``model`` / ``data`` may be given pre-built (distillation, depth-limit models); otherwise they are built from
@@ -69,7 +69,7 @@ def run_training(*, project: str, entry_point: str, arch: str | None, data_cfg: 
                        parent_run_id=parent_run_id) as t:
         out = Path(out_dir) if out_dir else default_out_dir(project, t.run_id)
         trainer = Trainer(model, data, train_cfg, tracker=t, out_dir=out, loss_fn=loss_fn, callbacks=callbacks,
-                          params=trainable, progress=progress,
+                          params=trainable, progress=progress, eval_loss_fn=eval_loss_fn,
                           snapshot_meta={"project": project, "dataset": data_cfg.dataset, **(snapshot_meta or {})})
         result = trainer.fit(resume_from=resume_from)
         if result.history:

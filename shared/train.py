@@ -266,7 +266,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: Data, cfg: TrainConfig, *, tracker: Tracker | None = None,
                  out_dir: str | Path | None = None, loss_fn: LossFn | None = None,
                  callbacks: Iterable[Callback] = (), params: Iterable[torch.nn.Parameter] | None = None,
-                 snapshot_meta: dict | None = None, progress: bool = True):
+                 snapshot_meta: dict | None = None, progress: bool = True, eval_loss_fn: LossFn | None = None):
         cfg.validate()
         self.cfg, self.data = cfg, data
         self.device = resolve_device(cfg.device)
@@ -274,6 +274,7 @@ class Trainer:
         self.tracker = tracker or Tracker(enabled=False)
         self.out_dir = ensure_writable_dir(out_dir) if out_dir is not None else None
         self.loss_fn = loss_fn or default_loss(data.task)
+        self.eval_loss_fn = eval_loss_fn  # None: cross entropy / MSE (a training loss may need a teacher, etc.)
         self.callbacks = list(callbacks) + list(GLOBAL_CALLBACKS)
         trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(trainable, cfg)
@@ -396,12 +397,13 @@ class Trainer:
         m: dict[str, float] = {}
         task = self.data.task
         if self.data.val is not None:
-            m.update({f"val_{k}": v for k, v in evaluate(self.model, self.data.val, self.device, task).items()})
+            m.update({f"val_{k}": v for k, v in evaluate(self.model, self.data.val, self.device, task, self.eval_loss_fn).items()})
         if self.data.val is None or self.cfg.eval_test:
-            m.update({f"test_{k}": v for k, v in evaluate(self.model, self.data.test, self.device, task).items()})
+            m.update({f"test_{k}": v for k, v in evaluate(self.model, self.data.test, self.device, task, self.eval_loss_fn).items()})
         if self.cfg.train_acc:
             m.update({f"train_eval_{k}": v
-                      for k, v in evaluate(self.model, self.data.train_eval, self.device, task).items()})
+                      for k, v in evaluate(self.model, self.data.train_eval, self.device, task,
+                                              self.eval_loss_fn).items()})
         return m
 
     def fit(self, resume_from: str | None = None) -> FitResult:
