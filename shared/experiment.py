@@ -18,8 +18,14 @@ from shared.train import Callback, FitResult, LossFn, TrainConfig, Trainer, run_
 
 
 def default_out_dir(project: str, run_id: str | None) -> Path:
-    base = Path(os.environ.get("GEOMLAB_OUTPUT_DIR", "outputs"))
-    return base / project / (run_id or "local")
+    """``$GEOMLAB_OUTPUT_DIR/<project>/<run id>``; by default ``outputs/`` beside the SQLite tracking store (so that
+    ``mlflow run projects/<name>``, which runs inside the project folder, writes where it was launched), else in the
+    working directory."""
+    base = os.environ.get("GEOMLAB_OUTPUT_DIR")
+    if not base:
+        uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+        base = str(Path(uri[len("sqlite:///"):]).parent / "outputs") if uri.startswith("sqlite:////") else "outputs"
+    return Path(base) / project / (run_id or "local")
 
 
 def model_for(arch: str | None, data: Data, project: str | None = None, **options) -> nn.Module:

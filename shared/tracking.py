@@ -206,6 +206,16 @@ def is_artifact_uri(s: str) -> bool:
     return str(s).startswith(ARTIFACT_SCHEMES)
 
 
+def _download_dir() -> str:
+    """A temporary folder for downloaded artifacts, removed when the process exits."""
+    import atexit
+    import shutil
+
+    d = tempfile.mkdtemp(prefix="geomlab-")
+    atexit.register(shutil.rmtree, d, True)
+    return d
+
+
 def resolve_input(source: str, what: str = "snapshot") -> tuple[Path, str | None]:
     """Turn a local path or an MLflow artifact URI into a local file. Returns ``(path, source_run_id)``."""
     source = str(source)
@@ -228,7 +238,7 @@ def resolve_input(source: str, what: str = "snapshot") -> tuple[Path, str | None
             raise UsageError(f"MLflow run {run_id} not found in {mlflow.get_tracking_uri()}; check the run id "
                              "(mlflow ui lists them) or set MLFLOW_TRACKING_URI to the store that holds it") from None
     try:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tempfile.mkdtemp(prefix="geomlab-"))
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=_download_dir())
     except Exception as e:
         raise UsageError(f"{what} {source} could not be fetched ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:120] if str(e) else ''}); check the artifact path "

@@ -32,8 +32,15 @@ Dataset = Annotated[str, typer.Option(help="Dataset: cifar10, mnist (the origina
 DataPath = Annotated[str, typer.Option("--data-path", "--dataset-path", help="Folder of the dataset files.")]
 Noisy = Annotated[float, typer.Option(help="Fraction of training labels replaced by a different class, in [0, 1].")]
 NoiseSeed = Annotated[int, typer.Option(help="Seed of the label noise (the original fixed 12345).")]
-Augmentation = Annotated[Optional[bool], typer.Option(help="Random crop (padding 4) and flip of training images; "
-                                                          "default: on for cifar10 only (as the original).")]
+def _on_off_auto(value: str):
+    value = (value or "auto").lower()
+    if value not in ("auto", "on", "off"):
+        raise typer.BadParameter(f"{value!r}; use auto, on or off")
+    return None if value == "auto" else value == "on"
+
+
+Augmentation = Annotated[str, typer.Option(callback=_on_off_auto, help="Random crop (padding 4) and flip of training "
+                                           "images: on, off, or auto (on for cifar10 only, as the original).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Batch size.")]
 Optimizer = Annotated[str, typer.Option(help="sgd (momentum, weight decay, StepLR) or adam (lr only, as the "
@@ -95,7 +102,7 @@ def train_cmd(
     data_path: DataPath = "./data",
     noisy: Noisy = 0.0,
     noise_seed: NoiseSeed = 12345,
-    augmentation: Augmentation = None,
+    augmentation: Augmentation = "auto",
     verify_checksums: opt.VerifyChecksums = True,
     epochs: Epochs = 75,
     batch_size: BatchSize = 100,
@@ -142,7 +149,7 @@ def distill_cmd(
     data_path: DataPath = "./data",
     noisy: Noisy = 0.0,
     noise_seed: NoiseSeed = 12345,
-    augmentation: Augmentation = None,
+    augmentation: Augmentation = "auto",
     verify_checksums: opt.VerifyChecksums = True,
     epochs: Epochs = 75,
     batch_size: BatchSize = 100,
@@ -185,7 +192,7 @@ def distill_all_cmd(
     data_path: DataPath = "./data",
     noisy: Noisy = 0.0,
     noise_seed: NoiseSeed = 12345,
-    augmentation: Augmentation = None,
+    augmentation: Augmentation = "auto",
     verify_checksums: opt.VerifyChecksums = True,
     epochs: Epochs = 75,
     batch_size: BatchSize = 100,
