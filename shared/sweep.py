@@ -754,7 +754,7 @@ class Sweep:
         check(got == s.direction, f"study {s.study} was created to {got} its metric; pass --direction {got} or a "
                                   "new --study")
 
-    def _open_parent(self) -> None:
+    def _open_parent(self) -> None:  # called under the study lock
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -783,11 +783,8 @@ class Sweep:
                                              tags={"mlflow.parentRunId": active.info.run_id})
             else:
                 exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID")
-                if not exp_id:
-                    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "geomlab"
-                    exp = self.client.get_experiment_by_name(name)
-                    exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
-                run = self.client.create_run(exp_id, run_name=f"sweep-{s.study}")
+                name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "geomlab"
+                run = _create_run_retrying(self.client, exp_id, name, run_name=f"sweep-{s.study}")
             pid, self.experiment_id = run.info.run_id, run.info.experiment_id
             self.study.set_user_attr("mlflow_parent_run_id", pid)
             self.study.set_user_attr("mlflow_tracking_uri", self.tracking_uri)
@@ -1165,3 +1162,27 @@ def register(app: typer.Typer) -> None:
         finally:
             sw.close()
             optuna.logging.set_verbosity(level)
+
+
+def _create_run_retrying(client, exp_id: str | None, name: str, run_name: str, attempts: int = 8):
+    """Create a run in experiment ``exp_id`` (or the experiment ``name``, created if missing).
+
+    Workers that start at the same moment against a fresh tracking server race to create the experiment: one gets
+    "already exists", and a server can briefly answer "no experiment with id=..." for an experiment another worker
+    has just created. Both are retried (a short, bounded back-off)."""
+    import time
+
+    from mlflow.exceptions import MlflowException
+
+    for i in range(attempts):
+        try:
+            eid = exp_id
+            if not eid:
+                exp = client.get_experiment_by_name(name)
+                eid = exp.experiment_id if exp else client.create_experiment(name)
+            return client.create_run(eid, run_name=run_name)
+        except MlflowException as e:
+            code = getattr(e, "error_code", "")
+            if i == attempts - 1 or code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+                raise
+            time.sleep(0.25 * (i + 1))
