@@ -1177,6 +1177,13 @@ def _create_run_retrying(client, exp_id: str | None, name: str, run_name: str, a
     for i in range(attempts):
         try:
             eid = exp_id
+            if eid:
+                try:
+                    client.get_experiment(eid)
+                except MlflowException as e:
+                    if getattr(e, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+                        raise
+                    eid = None  # a stale MLFLOW_EXPERIMENT_ID of another store: use the experiment by name
             if not eid:
                 exp = client.get_experiment_by_name(name)
                 eid = exp.experiment_id if exp else client.create_experiment(name)

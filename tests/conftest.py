@@ -49,6 +49,13 @@ def mlflow_store(_template_store, tmp_path, monkeypatch):
     yield uri
     while mlflow.active_run():
         mlflow.end_run()
+    # code under test may set these (mlflow.set_experiment does); monkeypatch.delenv of an absent variable does not
+    # restore it, so clear them here: they would point the next test (or its subprocesses) at this store's ids
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        os.environ.pop(var, None)
+    import mlflow.tracking.fluent as fluent
+
+    fluent._active_experiment_id = None
 
 
 @pytest.fixture

@@ -168,3 +168,25 @@ def test_real_fashion_mnist_trains(tmp_path, monkeypatch):
     torch.manual_seed(0)
     res = Trainer(model_for("lenet_small", d, width=8), d, TrainConfig(epochs=1, lr=0.05), progress=False).fit()
     assert res.final["test_acc"] > 0.7
+
+
+def test_imagenet_folder_is_streamed_with_the_shared_options(tmp_path):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 6), ("val", 2)):
+        for c in ("cat", "dog", "eel"):
+            d = tmp_path / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.randint(0, 255, (40, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    d = load_data(DataConfig(dataset="imagenet", data_path=str(tmp_path), resize=32, batch_size=4, split=0.25,
+                             noise=0.5, subsample_classes=2, class_sample_seed=1))
+    assert d.num_classes == 2 and d.input_shape == (3, 32, 32)
+    assert d.info["train_size"] + d.info["val_size"] == 12 and d.info["test_size"] == 4
+    xs, ys = zip(*d.train)
+    assert all(x.shape[1:] == (3, 32, 32) for x in xs) and set(torch.cat(ys).tolist()) <= {0, 1}
+    assert sum(len(y) for y in ys) == d.info["train_size"]
+    assert sum(len(y) for _, y in d.val) == d.info["val_size"]
+    with pytest.raises(UsageError, match="ImageFolder"):
+        load_data(DataConfig(dataset="imagenet", data_path=str(tmp_path / "missing")))

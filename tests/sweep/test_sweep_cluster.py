@@ -158,7 +158,8 @@ def test_two_workers_finish_exactly_n_trials(postgres, mlflow_server, tmp_path, 
            "--metric", "test_acc", "--heartbeat", "5"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "OMP_NUM_THREADS": "1", "GEOMLAB_NO_PROGRESS": "1",
            "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_RUN_ID", None)
+    for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):  # as on a fresh machine
+        env.pop(var, None)
     workers = []
     for i in range(2):
         wd = tmp_path / f"worker{i}"  # as on two machines: each its own working directory
