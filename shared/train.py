@@ -207,9 +207,11 @@ class KillPlateaus(Callback):
     - ``acc-equal`` (seed 001): stop when an evaluation's accuracy exactly equals the previous one's (first: 0).
     """
 
-    def __init__(self, rule: str = "loss-ratio", at_epoch: int = 20, at_batch: int = 100, ratio: float = 2.0):
+    def __init__(self, rule: str = "loss-ratio", at_epoch: int = 20, at_batch: int = 100, ratio: float = 2.0,
+                 only_at_snapshots: bool = False):
         check(rule in ("loss-ratio", "acc-equal"), f"unknown kill-plateaus rule {rule!r}; use loss-ratio or acc-equal")
         self.rule, self.at_epoch, self.at_batch, self.ratio = rule, at_epoch, at_batch, ratio
+        self.only_at_snapshots = only_at_snapshots  # acc-equal: compare snapshot evaluations only (seed 001)
         self.start_loss: float | None = None
         self.prev_acc = 0.0
 
@@ -225,13 +227,14 @@ class KillPlateaus(Callback):
                                      f"{self.ratio}x below {self.start_loss:.4g}")
 
     def on_epoch_end(self, trainer, metrics):
-        if self.rule != "acc-equal":
+        if self.rule != "acc-equal" or (self.only_at_snapshots and not trainer.should_snapshot()):
             return
         acc = metrics.get("val_acc", metrics.get("test_acc"))
         if acc is None:
             return
         if acc == self.prev_acc:
-            trainer.request_stop(f"plateau: accuracy {acc:.4f} unchanged since the previous evaluation")
+            trainer.request_stop(f"plateau: accuracy {acc:.4f} unchanged since the previous evaluation"
+                                 + (" with a snapshot" if self.only_at_snapshots else ""))
         self.prev_acc = acc
 
     def state_dict(self):
@@ -363,7 +366,8 @@ class Trainer:
         self.micro_batches = snap.get("micro_batches", self.micro_batches)
 
     # -- the loop ------------------------------------------------------------------------------------------------
-    def _should_snapshot(self) -> bool:
+    def should_snapshot(self) -> bool:
+        """Is a snapshot taken after the epochs completed so far? (every N, the first N, and the last)"""
         e, cfg = self.epoch, self.cfg
         every = cfg.snapshot_every if cfg.snapshot_every > 0 else cfg.epochs
         return e == cfg.epochs or e % every == 0 or e <= cfg.snapshot_all_until
@@ -453,7 +457,7 @@ class Trainer:
                     cb.on_epoch_end(self, metrics)
                 self.history.append({"epoch": self.epoch, **metrics})
                 self.tracker.log_metrics(metrics, step=self.epoch)
-                if self._should_snapshot() or self._stop is not None:
+                if self.should_snapshot() or self._stop is not None:
                     self.save_snapshot()
                 self.tracker.flush()
                 bar.advance(ep_task)

@@ -28,7 +28,7 @@ from shared.files import ensure_writable_dir, load_snapshot, load_weights, write
 from shared.models import rebuild
 from shared.tracking import (Tracker, is_artifact_uri, list_run_artifacts, load_json_input, parse_run_ref,
                              resolve_input)
-from shared.train import Callback, TrainConfig, evaluate, resolve_device, seed_everything
+from shared.train import Callback, KillPlateaus, TrainConfig, evaluate, resolve_device, seed_everything
 
 from . import correlate as corr
 from . import plots
@@ -185,37 +185,6 @@ def _tensors(loader, limit: int = 0, max_bytes: float = 4e9) -> tuple[torch.Tens
 # ------------------------------------------------------------------------------------------------------------------
 # training
 
-def snapshot_epoch(cfg: TrainConfig, epoch: int) -> bool:
-    """Is a snapshot taken after ``epoch`` completed epochs? (the shared Trainer's rule = the original's rule)"""
-    every = cfg.snapshot_every if cfg.snapshot_every > 0 else cfg.epochs
-    return epoch == cfg.epochs or epoch % every == 0 or epoch <= cfg.snapshot_all_until
-
-
-class KillPlateausAtSnapshots(Callback):
-    """The original's --kill-plateaus: at each snapshot evaluation, stop when the evaluation accuracy (validation,
-    or test without a split) exactly equals the previous snapshot evaluation's (the first comparison is with 0)."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        self.prev = 0.0
-
-    def on_epoch_end(self, trainer, metrics):
-        if not snapshot_epoch(self.cfg, trainer.epoch):
-            return
-        acc = metrics.get("val_acc", metrics.get("test_acc"))
-        if acc is None:
-            return
-        if acc == self.prev:
-            trainer.request_stop(f"plateau: evaluation accuracy {acc:.4f} equals the previous snapshot's")
-        self.prev = acc
-
-    def state_dict(self):
-        return {"prev": self.prev}
-
-    def load_state_dict(self, state):
-        self.prev = state["prev"]
-
-
 class StartEpoch(Callback):
     """--start-epoch: begin counting epochs at N (only when not resuming), as the original."""
 
@@ -255,7 +224,7 @@ def train(arch: str | None, data_cfg: DataConfig, train_cfg: TrainConfig, *, pre
                               run_name)
     callbacks: list[Callback] = []
     if kill_plateaus:
-        callbacks.append(KillPlateausAtSnapshots(train_cfg))
+        callbacks.append(KillPlateaus("acc-equal", only_at_snapshots=True))  # the original's rule
     if start_epoch and not resume_from:
         callbacks.append(StartEpoch(start_epoch))
     tags = {"source_run_id": source_run} if source_run else {}

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from projects.hyperplane_bias.models import build_model
-from projects.hyperplane_bias.runner import KillPlateausAtSnapshots, snapshot_epoch
+from shared.train import KillPlateaus
 from shared.train import TrainConfig
 
 HB = "hyperplane-bias"
@@ -160,16 +160,25 @@ def test_train_options_reach_the_configs(mlflow_store, cli):
 
 def test_kill_plateaus_rule_checks_snapshot_evaluations_only():
     cfg = TrainConfig(epochs=10, snapshot_every=3)
-    assert [e for e in range(1, 11) if snapshot_epoch(cfg, e)] == [3, 6, 9, 10]
 
-    class T:
+    class T:  # the parts of the Trainer the rule reads
         epoch = 0
         stopped = None
+
+        def should_snapshot(self):
+            e = self.epoch
+            return e == cfg.epochs or e % cfg.snapshot_every == 0 or e <= cfg.snapshot_all_until
 
         def request_stop(self, reason):
             self.stopped = reason
 
-    cb, t = KillPlateausAtSnapshots(cfg), T()
+    probe = T()
+    snapshots = []
+    for e in range(1, 11):
+        probe.epoch = e
+        snapshots += [e] if probe.should_snapshot() else []
+    assert snapshots == [3, 6, 9, 10]
+    cb, t = KillPlateaus("acc-equal", only_at_snapshots=True), T()
     for epoch, acc in [(1, 0.5), (2, 0.5), (3, 0.5), (4, 0.7), (5, 0.7), (6, 0.6)]:
         t.epoch = epoch
         cb.on_epoch_end(t, {"test_acc": acc})
@@ -177,7 +186,7 @@ def test_kill_plateaus_rule_checks_snapshot_evaluations_only():
     t.epoch = 9
     cb.on_epoch_end(t, {"test_acc": 0.6})
     assert t.stopped and "0.6" in t.stopped
-    zero = KillPlateausAtSnapshots(cfg)
+    zero = KillPlateaus("acc-equal", only_at_snapshots=True)
     t2 = T()
     t2.epoch = 3
     zero.on_epoch_end(t2, {"val_acc": 0.0, "test_acc": 0.4})  # validation first; the first comparison is with 0
