@@ -374,14 +374,14 @@ class Trainer:
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
         self.optimizer.zero_grad(set_to_none=True)
-        k = min(self.micro_batches, len(y))
+        k = min(self.micro_batches, max(1, len(y) // 2))  # no chunk below 2 samples (BatchNorm needs 2)
         if k == 1:
             loss, out = self.loss_fn(self.model, x, y)
             loss.backward()
             total = float(loss.detach())
         else:
             outs, total, n = [], 0.0, len(y)
-            for xc, yc in zip(x.chunk(k), y.chunk(k)):
+            for xc, yc in zip(torch.tensor_split(x, k), torch.tensor_split(y, k)):  # sizes differ by at most 1
                 loss, out = self.loss_fn(self.model, xc, yc)
                 (loss * (len(yc) / n)).backward()
                 total += float(loss.detach()) * len(yc) / n
