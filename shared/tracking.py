@@ -73,8 +73,9 @@ class Tracker:
     # Tags added to every run this process opens (a sweep sets the trial number here).
     default_tags: dict = {}
 
-    def __init__(self, enabled: bool = True, flush_every: int = 2000):
+    def __init__(self, enabled: bool = True, flush_every: int = 2000, reopen: str | None = None):
         self.enabled = enabled
+        self.reopen = reopen  # continue this existing run (e.g. a resumed sweep variant) instead of opening a new one
         self.run_id: str | None = None
         self.experiment_id: str | None = None
         self._buffer: list = []
@@ -94,14 +95,14 @@ class Tracker:
 
         configure_tracking()
         exp = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "geomlab"
-        attach = run_id or (os.environ.get("MLFLOW_RUN_ID") if parent_run_id is None and not mlflow.active_run()
-                            else None)
+        attach = run_id or self.reopen or (os.environ.get("MLFLOW_RUN_ID") if parent_run_id is None
+                                           and not mlflow.active_run() else None)
         # `mlflow run` hands its run over in MLFLOW_RUN_ID: the first run opened here takes it; later runs of the same
         # process (and its children) must not re-open it, so the variable is consumed.
         os.environ.pop("MLFLOW_RUN_ID", None)
         try:
-            if attach:
-                run = mlflow.start_run(run_id=attach)
+            if attach:  # nested when another run is active (a sweep's parent)
+                run = mlflow.start_run(run_id=attach, nested=mlflow.active_run() is not None)
             else:
                 if not os.environ.get("MLFLOW_EXPERIMENT_ID"):
                     mlflow.set_experiment(exp)

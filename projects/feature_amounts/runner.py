@@ -35,7 +35,7 @@ from shared.errors import UsageError, check
 from shared.experiment import default_out_dir, run_training
 from shared.files import atomic_write, ensure_writable_dir
 from shared.plotting import save_figure
-from shared.tracking import Tracker, configure_tracking, git_commit, list_run_artifacts, parse_run_ref, resolve_input
+from shared.tracking import Tracker, configure_tracking, list_run_artifacts, parse_run_ref, resolve_input
 from shared.train import Callback, TrainConfig
 
 from . import models as _models  # noqa: F401  (registers feature_vgg / vgg_reference)
@@ -407,47 +407,6 @@ class RecordCallback(Callback):
         tr.tracker.set_tags({"fa.complete": "1", **({"fa.stop_reason": stop} if stop else {})})
 
 
-class ReattachTracker(Tracker):
-    """A Tracker that continues an existing run (nested under the active run when there is one).
-
-    ``shared.tracking.Tracker.start(run_id=...)`` cannot attach while another run is active (a sweep's parent), so
-    resumed variants and re-opened parents go through this small subclass.
-    """
-
-    def __init__(self, run_id: str):
-        super().__init__(enabled=True)
-        self.attach_id = run_id
-
-    @contextlib.contextmanager
-    def start(self, project: str, entry_point: str, *, run_name: str | None = None, params: dict | None = None,
-              tags: dict | None = None, parent_run_id: str | None = None, experiment: str | None = None,
-              run_id: str | None = None):
-        import mlflow
-
-        configure_tracking()
-        try:
-            run = mlflow.start_run(run_id=self.attach_id, nested=mlflow.active_run() is not None)
-        except Exception as e:  # noqa: BLE001
-            raise UsageError(f"cannot re-open MLflow run {self.attach_id} ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:160] if str(e) else ''}); start afresh with --fresh") from None
-        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
-        self.set_tags({"project": project, "entry_point": entry_point, "git_commit": git_commit(),
-                       **Tracker.default_tags, **(tags or {})})
-        if params:
-            self.log_params(params)
-        status = "FINISHED"
-        try:
-            yield self
-        except BaseException:
-            status = "FAILED"
-            raise
-        finally:
-            try:
-                self.flush()
-            finally:
-                mlflow.end_run(status=status)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # One variant
 
@@ -503,7 +462,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
                                train_cfg=train_cfg, model_options=model_options,
                                out_dir=str(out_dir) if out_dir else None, resume_from=resume_from,
                                callbacks=callbacks, params=params, tags=all_tags, run_name=target.vid,
-                               loss_fn=trainer_loss, tracker=ReattachTracker(resume_run) if resume_run else None,
+                               loss_fn=trainer_loss, tracker=Tracker(reopen=resume_run) if resume_run else None,
                                data=data, progress=progress)
             return VariantOutcome(out.run_id, record_cb.record)
         except UsageError as e:
@@ -620,7 +579,7 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
     base_out = ensure_writable_dir(out_dir) if out_dir else None
     parent = None if fresh or os.environ.get("MLFLOW_RUN_ID") else \
         next(iter(_search(f"tags.`fa.sweep_key` = '{skey}' and tags.`fa.role` = 'sweep'")), None)
-    tracker = ReattachTracker(parent.info.run_id) if parent is not None else Tracker()
+    tracker = Tracker(reopen=parent.info.run_id) if parent is not None else Tracker()
     params = {"sweep.variants": len(targets), "sweep.first": targets[0].vid, "sweep.last": targets[-1].vid,
               "dataset": data_cfg.dataset, "epochs": train_cfg.epochs, **{f"fa.{k}": v for k, v in asdict(opts).items()}}
     with tracker.start(PROJECT, "sweep", run_name=run_name or f"sweep-{data_cfg.dataset}-vgg{opts.vgg_depth}",
@@ -796,7 +755,7 @@ def optimize(space: str, n_trials: int, data_cfg: DataConfig, train_cfg: TrainCo
     skey = _hash({"study": study_name, "storage": storage_url, "space": space, "train": tkey})
     parent = None if os.environ.get("MLFLOW_RUN_ID") else \
         next(iter(_search(f"tags.`fa.study_key` = '{skey}' and tags.`fa.role` = 'study'")), None)
-    tracker = ReattachTracker(parent.info.run_id) if parent is not None else Tracker()
+    tracker = Tracker(reopen=parent.info.run_id) if parent is not None else Tracker()
     if reset_running:
         for tr in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             study._storage.set_trial_state_values(tr._trial_id, TrialState.FAIL)
