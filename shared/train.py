@@ -202,29 +202,47 @@ class Callback:
 class KillPlateaus(Callback):
     """Stop a run that does not learn, with either original rule.
 
-    - ``loss-ratio`` (seed 000): the smoothed loss at batch ``at_batch`` of epoch ``at_epoch`` must be at least
-      ``ratio`` times smaller than at batch ``at_batch`` of the first epoch (and finite, non-zero);
-    - ``acc-equal`` (seed 001): stop when an evaluation's accuracy exactly equals the previous one's (first: 0).
+    - ``loss-ratio`` (seed 000): a smoothed loss restarts from 0 every epoch (avg <- 0.99 avg + 0.01 loss); its value
+      at batch ``at_batch`` of the first epoch trained in this process is the start loss; at batch ``at_batch`` of
+      epoch ``at_epoch`` (both 1-based) training stops if the current value is 0 or NaN or start / current <
+      ``ratio``. Epochs shorter than ``at_batch`` batches never trigger it, as in the original.
+    - ``acc-equal`` (seed 001): stop when an evaluation's accuracy (validation, else test) exactly equals the
+      previous one's (the first comparison is with 0); ``only_at_snapshots`` compares snapshot evaluations only,
+      as the original did.
     """
 
     def __init__(self, rule: str = "loss-ratio", at_epoch: int = 20, at_batch: int = 100, ratio: float = 2.0,
                  only_at_snapshots: bool = False):
         check(rule in ("loss-ratio", "acc-equal"), f"unknown kill-plateaus rule {rule!r}; use loss-ratio or acc-equal")
         self.rule, self.at_epoch, self.at_batch, self.ratio = rule, at_epoch, at_batch, ratio
-        self.only_at_snapshots = only_at_snapshots  # acc-equal: compare snapshot evaluations only (seed 001)
+        self.only_at_snapshots = only_at_snapshots
+        self.first_epoch: int | None = None
         self.start_loss: float | None = None
+        self.avg = 0.0
         self.prev_acc = 0.0
 
+    @staticmethod
+    def stuck(start_loss: float, current: float, ratio: float = 2.0) -> bool:
+        """The loss-ratio verdict: current is 0 or NaN, or start / current < ratio."""
+        return current == 0 or math.isnan(current) or start_loss / current < ratio
+
+    def on_train_start(self, trainer):
+        self.first_epoch = trainer.epoch
+
     def on_step_end(self, trainer, loss, output, y):
-        if self.rule != "loss-ratio" or trainer.batch_in_epoch != self.at_batch - 1:
+        if self.rule != "loss-ratio":
             return
-        cur = trainer.smoothed_loss
-        if trainer.epoch == 0:
-            self.start_loss = cur
-        elif trainer.epoch == self.at_epoch - 1 and self.start_loss is not None:
-            if cur == 0 or not math.isfinite(cur) or self.start_loss / cur < self.ratio:
-                trainer.request_stop(f"plateau: smoothed loss {cur:.4g} at epoch {self.at_epoch} is not "
-                                     f"{self.ratio}x below {self.start_loss:.4g}")
+        if trainer.batch_in_epoch == 0:
+            self.avg = 0.0
+        self.avg = 0.99 * self.avg + 0.01 * float(loss)
+        if trainer.batch_in_epoch != self.at_batch - 1:
+            return
+        if trainer.epoch == self.first_epoch:
+            self.start_loss = self.avg
+        if trainer.epoch == self.at_epoch - 1 and self.start_loss is not None:
+            if self.stuck(self.start_loss, self.avg, self.ratio):
+                trainer.request_stop(f"plateau: smoothed loss {self.avg:.4g} at epoch {self.at_epoch} is not "
+                                     f"{self.ratio:g}x below {self.start_loss:.4g} (--kill-plateaus)")
 
     def on_epoch_end(self, trainer, metrics):
         if self.rule != "acc-equal" or (self.only_at_snapshots and not trainer.should_snapshot()):
@@ -238,10 +256,10 @@ class KillPlateaus(Callback):
         self.prev_acc = acc
 
     def state_dict(self):
-        return {"start_loss": self.start_loss, "prev_acc": self.prev_acc}
+        return {"start_loss": self.start_loss, "avg": self.avg, "prev_acc": self.prev_acc}
 
     def load_state_dict(self, state):
-        self.start_loss, self.prev_acc = state["start_loss"], state["prev_acc"]
+        self.start_loss, self.avg, self.prev_acc = state["start_loss"], state.get("avg", 0.0), state["prev_acc"]
 
 
 # Callbacks added to every Trainer of this process (e.g. an Optuna trial reporter installed by a sweep).

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from projects.cone_geometry import aggregate, nesting, plots
-from projects.cone_geometry.distill import DistillLoss, OriginalKillPlateaus, check_kd
+from projects.cone_geometry.distill import DistillLoss, check_kd
 from projects.cone_geometry.models import (ConeNet, build, check_init, convert_original_state_dict, is_student,
                                            student_of, teacher_name)
 from shared.data import DataConfig, load_data
@@ -24,7 +24,7 @@ from shared.files import SNAPSHOT_FORMAT, ensure_writable_dir, load_snapshot, lo
 from shared.models import rebuild
 from shared.plotting import save_figure
 from shared.tracking import Tracker, list_run_artifacts, load_json_input, parse_run_ref, resolve_input
-from shared.train import TrainConfig
+from shared.train import KillPlateaus, TrainConfig
 
 PROJECT = "cone_geometry"
 
@@ -98,7 +98,7 @@ def train_runs(arch: str, data_cfg: DataConfig, train_cfg: TrainConfig, *, init:
     outcomes = []
     for r in range(start_run, runs):
         cfg = replace(train_cfg, seed=train_cfg.seed + r)
-        callbacks = [OriginalKillPlateaus()] if kill_plateaus else []
+        callbacks = [KillPlateaus("loss-ratio")] if kill_plateaus else []
         out = run_training(
             project=PROJECT, entry_point="train", arch=arch, data_cfg=data_cfg, train_cfg=cfg,
             model_options={"init": init}, out_dir=str(Path(out_dir) / f"run_{r}") if out_dir else None,
@@ -263,7 +263,7 @@ def distill(teacher: str, *, arch: str | None, data_options: dict, train_cfg: Tr
     name = run_name or f"Student_{t_arch}-from-epoch{loaded.epoch or '?'}" + (f"-run{loaded.run}" if loaded.run else "")
     out = run_training(project=PROJECT, entry_point="distill", arch=student_of(t_arch), data_cfg=data_cfg,
                        train_cfg=cfg, data=data, model=student, loss_fn=loss,
-                       callbacks=[OriginalKillPlateaus()] if kill_plateaus else [], out_dir=out_dir,
+                       callbacks=[KillPlateaus("loss-ratio")] if kill_plateaus else [], out_dir=out_dir,
                        params=params, tags=tags, run_name=name, progress=progress,
                        snapshot_meta={"teacher_epoch": loaded.epoch, "cone_run": loaded.run,
                                       "teacher_source": loaded.source, "teacher_arch": t_arch, "init": init})

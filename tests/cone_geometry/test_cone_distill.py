@@ -6,7 +6,10 @@ import math
 import pytest
 import torch
 
-from projects.cone_geometry.distill import DistillLoss, OriginalKillPlateaus, kd_loss, plateaus
+from projects.cone_geometry.distill import DistillLoss, kd_loss
+from shared.train import KillPlateaus
+
+plateaus = KillPlateaus.stuck
 from shared.errors import UsageError
 
 
@@ -78,7 +81,7 @@ class FakeTrainer:
 
 
 def _run(losses_per_epoch, batches=100, start_epoch=0):
-    cb = OriginalKillPlateaus()
+    cb = KillPlateaus("loss-ratio")  # the original's rule: epoch 20, batch 100, ratio 2
     tr = FakeTrainer()
     tr.epoch = start_epoch
     cb.on_train_start(tr)
