@@ -51,5 +51,3 @@ class DistillLoss:
             t = self.teacher(x)
         out = model(x)
         return kd_loss(out, t, y, self.temperature, self.alpha, self.kl_reduction), out
-
-
