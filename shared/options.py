@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 import typer
 
 from shared.data import DataConfig
+from shared.errors import check
 from shared.train import TrainConfig
 
 # data
@@ -74,3 +75,11 @@ def data_config(values: dict, **overrides) -> DataConfig:
 def train_config(values: dict, **overrides) -> TrainConfig:
     """A TrainConfig from a command's ``locals()``."""
     return TrainConfig(**{**_pick(TrainConfig, values), **overrides})
+
+
+def on_off_auto(value, option: str = "--augmentation") -> bool | None:
+    """Parse an ``auto|on|off`` option (true/false accepted too): None for auto, else the boolean."""
+    table = {"auto": None, "on": True, "off": False, "true": True, "false": False}
+    key = "auto" if value is None else str(value).lower()
+    check(key in table, f"{option} must be auto, on or off, got {value!r}")
+    return table[key]

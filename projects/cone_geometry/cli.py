@@ -32,14 +32,13 @@ Dataset = Annotated[str, typer.Option(help="Dataset: cifar10, mnist (the origina
 DataPath = Annotated[str, typer.Option("--data-path", "--dataset-path", help="Folder of the dataset files.")]
 Noisy = Annotated[float, typer.Option(help="Fraction of training labels replaced by a different class, in [0, 1].")]
 NoiseSeed = Annotated[int, typer.Option(help="Seed of the label noise (the original fixed 12345).")]
-def _on_off_auto(value: str):
-    value = (value or "auto").lower()
-    if value not in ("auto", "on", "off"):
-        raise typer.BadParameter(f"{value!r}; use auto, on or off")
-    return None if value == "auto" else value == "on"
 
 
-Augmentation = Annotated[str, typer.Option(callback=_on_off_auto, help="Random crop (padding 4) and flip of training "
+def _augmentation(value: str):  # a Typer callback receives the value alone
+    return opt.on_off_auto(value)
+
+
+Augmentation = Annotated[str, typer.Option(callback=_augmentation, help="Random crop (padding 4) and flip of training "
                                            "images: on, off, or auto (on for cifar10 only, as the original).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Batch size.")]

@@ -77,8 +77,7 @@ def _opts(ns: dict):
 def _configs(ns: dict):
     from .runner import make_data_config, make_train_config
 
-    aug = {"auto": None, "on": True, "off": False, "true": True, "false": False}.get(str(ns["augmentation"]).lower(), "?")
-    check(aug != "?", f"--augmentation must be auto, on or off, got {ns['augmentation']!r}")
+    aug = opt.on_off_auto(ns["augmentation"])
     dcfg = make_data_config(ns["dataset"], data_path=ns["data_path"], patch_size=ns["patch_size"],
                             normalize=ns["normalize"], augmentation=aug, channels=ns["channels"],
                             batch_size=ns["batch_size"], split=ns["split"], train_fraction=ns["train_fraction"],
