@@ -1,78 +1,99 @@
-"""Generic commands on the root app: train a registered architecture, evaluate a snapshot."""
+"""The root commands (datasets, archs, train, evaluate) and :func:`root_app`, the whole command tree with every
+discovered project mounted (shared.cli adds ``sweep`` on top; the sweep driver resolves its targets here)."""
 from __future__ import annotations
 
+import importlib
 from typing import Annotated, Optional
 
 import typer
 
 from shared import options as opt
+from shared.app import make_app
+
+HELP = ("geomlab: reproduce, compare and extend research on what training does to network weights. Every command "
+        "logs to MLflow (see `mlflow ui`).")
 
 
 def register(app: typer.Typer) -> None:
+    """Add the root commands to ``app``."""
+
+    @app.command("datasets")
+    def list_datasets() -> None:
+        """List the datasets and where each is read from."""
+        from shared.data import DATASETS
+
+        for name in DATASETS:
+            spec = DATASETS.get(name)
+            typer.echo(f"{name:15s} {spec.task:15s} classes/outputs={spec.num_classes}")
+
+    @app.command("archs")
+    def list_archs(project: Annotated[str, typer.Option(help="only this project's architectures (e.g. "
+                                                             "cone_geometry)")] = "") -> None:
+        """List the registered architectures."""
+        from shared.models import MODELS, load_project_models
+
+        load_project_models()
+        for name in MODELS.names(**({"project": project} if project else {})):
+            typer.echo(f"{name:24s} {MODELS.meta(name).get('project')}")
+
     @app.command("train")
+    @opt.options(opt.DATA, opt.TRAIN, opt.RUN_OUTPUT, defaults={"dataset": "digits"})
     def train(
         arch: opt.Arch = None,
-        dataset: opt.Dataset = "digits",
-        data_path: opt.DataPath = "./data",
-        batch_size: opt.BatchSize = 128,
-        noise: opt.Noise = 0.0,
-        noise_seed: opt.NoiseSeed = 0,
-        pixel_shuffle: opt.PixelShuffle = False,
-        subsample_classes: opt.SubsampleClasses = 0,
-        class_sample_seed: opt.ClassSampleSeed = 42,
-        split: opt.Split = 0.0,
-        stratified: opt.Stratified = False,
-        split_seed: opt.SplitSeed = 0,
-        augmentation: opt.Augmentation = False,
-        normalize: opt.Normalize = "channel",
-        shuffle: opt.Shuffle = True,
-        verify_checksums: opt.VerifyChecksums = True,
-        epochs: opt.Epochs = 10,
-        optimizer: opt.Optimizer = "sgd",
-        lr: opt.Lr = 0.05,
-        momentum: opt.Momentum = 0.9,
-        weight_decay: opt.WeightDecay = 5e-4,
-        lr_step: opt.LrStep = 0,
-        lr_decay: opt.LrDecay = 0.1,
-        seed: opt.Seed = 0,
-        snapshot_every: opt.SnapshotEvery = 0,
-        snapshot_all_until: opt.SnapshotAllUntil = 0,
-        train_acc: opt.TrainAcc = False,
-        device: opt.Device = "auto",
-        resume_from: opt.ResumeFrom = None,
-        out_dir: opt.OutDir = None,
-        run_name: opt.RunName = None,
-        width: Annotated[Optional[int], typer.Option(help="Width option of the generic baselines (lenet_small, mlp).")] = None,
+        *,
+        o: opt.Values,
+        width: Annotated[Optional[int], typer.Option(help="Width option of the generic baselines (lenet_small, "
+                                                          "mlp).")] = None,
     ) -> None:
         """Train any registered architecture with the shared loop (generic baselines: lenet_small, mlp)."""
         from shared.experiment import run_training
 
         model_options = {"width": width} if width is not None and arch == "lenet_small" else \
             ({"hidden": width} if width is not None and arch == "mlp" else {})
-        out = run_training(project="shared", entry_point="train", arch=arch, data_cfg=opt.data_config(locals()),
-                           train_cfg=opt.train_config(locals()), model_options=model_options, out_dir=out_dir,
-                           resume_from=resume_from, run_name=run_name)
+        out = run_training(project="shared", entry_point="train", arch=arch, data_cfg=opt.data_config(o),
+                           train_cfg=opt.train_config(o), model_options=model_options, out_dir=o.out_dir,
+                           resume_from=o.resume_from, run_name=o.run_name)
         final = out.result.final
         typer.echo(f"run {out.run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()
                                                      if k.endswith(("acc", "loss"))))
 
     @app.command("evaluate")
     def evaluate_cmd(
-        snapshot: Annotated[str, typer.Argument(help="Snapshot path or MLflow URI (runs:/<id>/snapshots/epoch_NNN.pt).")],
+        snapshot: Annotated[str, typer.Argument(help="Snapshot path or MLflow URI (runs:/<id>/snapshots/"
+                                                     "epoch_NNN.pt).")],
         dataset: opt.Dataset = "digits",
         data_path: opt.DataPath = "./data",
-        split: Annotated[str, typer.Option(help="Which split: test or train.")] = "test",
+        subset: Annotated[str, typer.Option("--subset", "--split", help="Which part of the dataset: test or "
+                                            "train.")] = "test",
         arch: opt.Arch = None,
         device: opt.Device = "auto",
     ) -> None:
         """Evaluate a snapshot: loss, top-1 and top-5 accuracy."""
         from shared.data import DataConfig, load_data
+        from shared.errors import check
         from shared.experiment import load_model_from
         from shared.train import evaluate, resolve_device
 
+        check(subset in ("test", "train"), f"--subset must be test or train, got {subset!r}")
         data = load_data(DataConfig(dataset=dataset, data_path=data_path))
         model, _, _ = load_model_from(snapshot, arch=arch, data=data)
-        loader = data.test if split == "test" else data.train_eval
+        loader = data.test if subset == "test" else data.train_eval
         dev = resolve_device(device)
         res = evaluate(model.to(dev), loader, dev, data.task)
         typer.echo(" ".join(f"{k}={v:.4f}" for k, v in res.items()))
+
+
+def project_apps() -> dict[str, str]:
+    """``{sub-command: module}`` of every project with a ``cli.py`` (an ``app`` in it)."""
+    from shared.projects import cli_name, project_modules
+
+    return {cli_name(name): module for name, module in project_modules("cli").items()}
+
+
+def root_app(help: str = HELP) -> typer.Typer:
+    """The ``geomlab`` tree: the root commands and one sub-app per discovered project."""
+    app = make_app(help)
+    register(app)
+    for name, module in project_apps().items():
+        app.add_typer(importlib.import_module(module).app, name=name)
+    return app

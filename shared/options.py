@@ -1,80 +1,46 @@
-"""CLI options shared by the projects' commands (Typer ``Annotated`` types) and their conversion to configs.
+"""Every CLI option that more than one command takes, declared once, and the groups commands take them in.
 
-A project command declares the options it supports with these types, keeping its own defaults (the original
-code's), and builds the configs with :func:`data_config` / :func:`train_config`:
+An option is an :class:`Opt` (name, type, help, default). A command takes a single option through its
+``Annotated`` type (``out_dir: opt.OutDir = None``), or whole groups through :func:`options`, which adds the
+group's options to the command (project defaults by ``defaults=``, never a re-declaration) and hands them to the
+command packed in one :class:`Values` argument ``o``:
 
-    def train(dataset: opt.Dataset = "cifar10", lr: opt.Lr = 0.1, ...):
-        data_cfg = opt.data_config(locals())
+    @app.command("train")
+    @opt.options(opt.DATA, opt.TRAIN, opt.RUN, defaults={"dataset": "cifar10", "lr": 0.1})
+    def train(arch: opt.Arch = None, *, o: opt.Values) -> None:
+        data_cfg, train_cfg = opt.data_config(o), opt.train_config(o)
+
+The options stay ordinary Click parameters (``--help`` lists them, ``geomlab sweep`` introspects them). Old names
+are declared as further long names of an option and are hidden by :class:`shared.app.GeomlabCommand`. This module
+imports neither torch nor the data/training code (``geomlab --help`` stays fast).
 """
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Annotated, Optional
+import functools
+import inspect
+from dataclasses import dataclass, field, fields
+from typing import Annotated, Any, Optional
 
 import typer
 
-from shared.data import DataConfig
 from shared.errors import check
-from shared.train import TrainConfig
-
-# data
-Dataset = Annotated[str, typer.Option(help="Dataset: mnist, fashion_mnist, kmnist, cifar10, cifar100, imagenet, "
-                                           "digits (embedded), sin, constant.")]
-DataPath = Annotated[str, typer.Option(help="Root folder of the dataset files (torchvision layouts).")]
-BatchSize = Annotated[int, typer.Option(help="Training batch size.")]
-EvalBatchSize = Annotated[int, typer.Option(help="Batch size of evaluation passes.")]
-Noise = Annotated[float, typer.Option(help="Fraction of training labels corrupted, in [0, 1]; a corrupted label "
-                                           "always differs from the true one.")]
-NoiseSeed = Annotated[int, typer.Option(help="Seed of label noise and pixel shuffle.")]
-PixelShuffle = Annotated[bool, typer.Option(help="Shuffle the pixels of each training image with its own fixed "
-                                                 "permutation.")]
-SubsampleClasses = Annotated[int, typer.Option(help="Keep only this many classes (0: all), the same in every split.")]
-ClassSampleSeed = Annotated[int, typer.Option(help="Seed choosing the subsampled classes.")]
-Split = Annotated[float, typer.Option(help="Fraction of the training set held out for validation, in (0, 1); 0: none "
-                                           "(evaluation uses the test set).")]
-Stratified = Annotated[bool, typer.Option(help="Stratify the validation split by class.")]
-SplitSeed = Annotated[int, typer.Option(help="Seed of the validation split.")]
-Augmentation = Annotated[bool, typer.Option(help="Random crop (padding 4) and horizontal flip of training images.")]
-Normalize = Annotated[str, typer.Option(help="Input normalization: channel (dataset mean/std), gcn (global contrast "
-                                             "normalization per image) or none.")]
-Shuffle = Annotated[bool, typer.Option(help="Reshuffle the training set every epoch.")]
-VerifyChecksums = Annotated[bool, typer.Option(help="Check CIFAR files against torchvision's md5 sums.")]
-Download = Annotated[bool, typer.Option(help="Let torchvision download missing files (needs network).")]
-
-# training
-Epochs = Annotated[int, typer.Option(help="Number of training epochs.")]
-Optimizer = Annotated[str, typer.Option(help="Optimizer: sgd, adam, adamw.")]
-Lr = Annotated[float, typer.Option(help="Learning rate.")]
-Momentum = Annotated[float, typer.Option(help="SGD momentum.")]
-WeightDecay = Annotated[float, typer.Option(help="Weight decay (L2).")]
-LrStep = Annotated[int, typer.Option(help="Decay the learning rate every this many epochs (0: constant).")]
-LrDecay = Annotated[float, typer.Option(help="Multiplicative learning-rate decay at each step.")]
-Seed = Annotated[int, typer.Option(help="Random seed (weights, batch order, augmentation, dropout).")]
-SnapshotEvery = Annotated[int, typer.Option(help="Save a snapshot every this many epochs (0: the last only).")]
-SnapshotAllUntil = Annotated[int, typer.Option(help="Also save a snapshot after each of the first N epochs.")]
-TrainAcc = Annotated[bool, typer.Option(help="Also evaluate accuracy on the training split at each evaluation.")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
-ResumeFrom = Annotated[Optional[str], typer.Option(help="Continue from a snapshot (path or runs:/<id>/snapshots/"
-                                                        "epoch_NNN.pt): weights, optimizer, schedule, RNG, epoch.")]
-OutDir = Annotated[Optional[str], typer.Option(help="Local folder for snapshots and results (default "
-                                                    "./outputs/<project>/<run id>).")]
-RunName = Annotated[Optional[str], typer.Option(help="MLflow run name.")]
-Arch = Annotated[Optional[str], typer.Option(help="Architecture; run without it to list the valid ones.")]
 
 
-def _pick(cls, values: dict) -> dict:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names and v is not None}
+@dataclass(frozen=True)
+class Opt:
+    """One option: its Python name, type, help text, default, and names (first long name shown, later ones hidden
+    aliases)."""
 
+    name: str
+    type: Any
+    help: str
+    default: Any = None
+    decls: tuple = ()
+    kwargs: dict = field(default_factory=dict, hash=False)
 
-def data_config(values: dict, **overrides) -> DataConfig:
-    """A DataConfig from a command's ``locals()`` (fields not given keep DataConfig's defaults)."""
-    return DataConfig(**{**_pick(DataConfig, values), **overrides})
-
-
-def train_config(values: dict, **overrides) -> TrainConfig:
-    """A TrainConfig from a command's ``locals()``."""
-    return TrainConfig(**{**_pick(TrainConfig, values), **overrides})
+    @property
+    def annotated(self):
+        return Annotated[self.type, typer.Option(*self.decls, help=self.help, **self.kwargs)]
 
 
 def on_off_auto(value, option: str = "--augmentation") -> bool | None:
@@ -83,3 +49,164 @@ def on_off_auto(value, option: str = "--augmentation") -> bool | None:
     key = "auto" if value is None else str(value).lower()
     check(key in table, f"{option} must be auto, on or off, got {value!r}")
     return table[key]
+
+
+def _augmentation(value):  # a Typer callback receives the value alone
+    return value if value is None or isinstance(value, bool) else on_off_auto(value)
+
+
+#: Flags that set another option to a value (hidden; old spellings): {option: {flag: value}}.
+VALUE_ALIASES = {"device": {"--cuda": "cuda"}, "normalize": {"--unnormalize": "none"}}
+
+_O = Opt
+# -- data ------------------------------------------------------------------------------------------------------------
+DATASET = _O("dataset", Optional[str], "Dataset name (`geomlab datasets` lists them; a project refuses those its "
+             "models cannot take). Analyses of a snapshot default to the dataset it was trained on.")
+DATA_PATH = _O("data_path", Optional[str], "Root folder of the dataset files (torchvision layouts). Analyses of a "
+               "snapshot default to the folder it was trained with.", "./data", ("--data-path", "--dataset-path"))
+BATCH_SIZE = _O("batch_size", int, "Training batch size (depth-limit fit: 0 = the whole training split, "
+                "full-batch gradient descent as the thesis' code).", 128)
+EVAL_BATCH_SIZE = _O("eval_batch_size", int, "Batch size of evaluation passes.", 1000)
+NOISE = _O("noise", float, "Fraction of training labels corrupted, in [0, 1]; a corrupted label always differs "
+           "from the true one (hyperplane-bias also reads a negative value as --pixel-shuffle, the original's "
+           "convention).", 0.0, ("--noise", "--noisy"))
+NOISE_SEED = _O("noise_seed", int, "Seed of the label noise and the pixel shuffle.", 0)
+PIXEL_SHUFFLE = _O("pixel_shuffle", bool, "Shuffle the pixels of each training image with its own fixed "
+                   "permutation.", False)
+SUBSAMPLE_CLASSES = _O("subsample_classes", int, "Keep only this many classes (0: all), the same in every split "
+                       "(analyses: the classes the snapshot was trained with, for files of the original code).", 0)
+CLASS_SAMPLE_SEED = _O("class_sample_seed", int, "Seed choosing the subsampled classes.", 42)
+SPLIT = _O("split", float, "Fraction of the training set held out for validation, in (0, 1); 0: none (evaluation "
+           "uses the test set).", 0.0)
+STRATIFIED = _O("stratified", bool, "Stratify the validation split by class.", False)
+SPLIT_SEED = _O("split_seed", int, "Seed of the validation split (and of --train-fraction).", 0)
+TRAIN_FRACTION = _O("train_fraction", float, "Train on this seeded fraction of the training set (quick runs).", 1.0)
+AUGMENTATION = _O("augmentation", str, "Random crop and horizontal flip of training images: on, off, or auto (the "
+                  "original's rule: cone-geometry on for cifar10, feature-amounts on for CIFAR and ImageNet, "
+                  "off elsewhere).", "off", kwargs={"callback": _augmentation})
+NORMALIZE = _O("normalize", str, "Input normalization: channel (per-channel mean/std; cone-geometry uses the "
+               "original's constants), gcn (global contrast normalization per image) or none.", "channel")
+SHUFFLE = _O("shuffle", bool, "Reshuffle the training set every epoch.", True)
+VERIFY_CHECKSUMS = _O("verify_checksums", bool, "Check CIFAR files against torchvision's md5 sums.", True)
+DOWNLOAD = _O("download", bool, "Let torchvision download missing files (needs network).", False)
+
+# -- training --------------------------------------------------------------------------------------------------------
+EPOCHS = _O("epochs", int, "Number of training epochs.", 10)
+OPTIMIZER = _O("optimizer", str, "Optimizer: sgd, adam or adamw (cone-geometry and hyperplane-bias: sgd or adam; "
+               "their adam has no weight decay, as the originals).", "sgd")
+LR = _O("lr", float, "Learning rate (feature-amounts: the maximum of each SGDR cycle).", 0.05,
+        ("--lr", "--learning-rate"))
+MOMENTUM = _O("momentum", float, "SGD momentum.", 0.9)
+WEIGHT_DECAY = _O("weight_decay", float, "Weight decay (L2).", 5e-4)
+LR_STEP = _O("lr_step", int, "Decay the learning rate every this many epochs (0: constant).", 0)
+LR_DECAY = _O("lr_decay", float, "Multiplicative learning-rate decay at each step.", 0.1)
+SEED = _O("seed", Optional[int], "Random seed: of training (weights, batch order, augmentation, dropout), or of an "
+          "analysis' random draws (random weights, re-initializations, landscape directions).", 0)
+SNAPSHOT_EVERY = _O("snapshot_every", int, "Save a snapshot every this many epochs (0: only the last one; the "
+                    "initialization is kept as epoch_000).", 0)
+SNAPSHOT_ALL_UNTIL = _O("snapshot_all_until", int, "Also save a snapshot after each of the first N epochs.", 0)
+TRAIN_ACC = _O("train_acc", bool, "Also evaluate accuracy on the training split at each evaluation.", False)
+DEVICE = _O("device", str, "auto, cpu or cuda.", "auto")
+RESUME_FROM = _O("resume_from", Optional[str], "Continue from a snapshot (path or runs:/<id>/snapshots/"
+                 "epoch_NNN.pt): weights, optimizer, schedule, RNG, epoch.")
+KILL_PLATEAUS = _O("kill_plateaus", bool, "Stop a run that stopped learning, by the original's rule "
+                   "(cone-geometry: the smoothed loss at batch 100 of epoch 20 is not half that of the first epoch; "
+                   "hyperplane-bias: a snapshot's accuracy equals the previous one's).", False)
+INIT = _O("init", str, "Weight initialization scheme; the choices depend on the project's models (an unknown name "
+          "lists them; see the project README).", decls=("--init", "--weight-init"))
+
+# -- run / output ----------------------------------------------------------------------------------------------------
+OUT_DIR = _O("out_dir", Optional[str], "Local folder for snapshots, results and figures (default "
+             "./outputs/<project>/<run id>); everything is also logged to MLflow.", None,
+             ("--out-dir", "--out", "--results", "--models-path"))
+RUN_NAME = _O("run_name", Optional[str], "MLflow run name.")
+ARCH = _O("arch", Optional[str], "Architecture (`geomlab archs --project <name>` lists a project's; run without it "
+          "to see them). Analyses of a geomlab snapshot read it from the snapshot.")
+RUN = _O("run", Optional[str], "An MLflow run (id or runs:/<id>) whose logged snapshots or metrics the command "
+         "reads.")
+FRESH = _O("fresh", bool, "Start over: ignore the finished work of an earlier run of the same command.", False)
+
+DATA = (DATASET, DATA_PATH, BATCH_SIZE, NOISE, NOISE_SEED, PIXEL_SHUFFLE, SUBSAMPLE_CLASSES, CLASS_SAMPLE_SEED, SPLIT,
+        STRATIFIED, SPLIT_SEED, AUGMENTATION, NORMALIZE, SHUFFLE, VERIFY_CHECKSUMS, DOWNLOAD)
+TRAIN = (EPOCHS, OPTIMIZER, LR, MOMENTUM, WEIGHT_DECAY, LR_STEP, LR_DECAY, SEED, SNAPSHOT_EVERY, SNAPSHOT_ALL_UNTIL,
+         TRAIN_ACC, DEVICE, RESUME_FROM)
+RUN_OUTPUT = (OUT_DIR, RUN_NAME)
+
+# every option also as an Annotated type for a single use: ``out_dir: opt.OutDir = None`` (OUT_DIR -> OutDir)
+for _spec in [v for v in list(globals().values()) if isinstance(v, Opt)]:
+    globals()["".join(w.capitalize() for w in _spec.name.split("_"))] = _spec.annotated
+
+
+class Values(dict):
+    """The values of a command's grouped options, by name (``o.lr`` or ``o["lr"]``)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def options(*groups, defaults: dict | None = None, exclude: tuple = ()):
+    """Add the options of ``groups`` (tuples of :class:`Opt`, or single ones) to a command, at the place of its
+    ``o`` parameter, and pass their values packed in ``o``. ``defaults`` overrides an option's default for this
+    command; ``exclude`` drops options (by name) the command does not support."""
+    specs: list[Opt] = []
+    for g in groups:
+        for spec in (g if isinstance(g, tuple) else (g,)):
+            if spec.name not in exclude and spec.name not in {s.name for s in specs}:
+                specs.append(spec)
+    defaults = dict(defaults or {})
+    unknown = set(defaults) - {s.name for s in specs}
+    assert not unknown, f"defaults for options not in the groups: {sorted(unknown)}"
+
+    def decorate(fn):
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()]
+        at = [p.name for p in own].index("o")
+        added = [inspect.Parameter(s.name, inspect.Parameter.KEYWORD_ONLY, annotation=s.annotated,
+                                   default=defaults.get(s.name, s.default)) for s in specs]
+        clash = {p.name for p in own} & {s.name for s in specs}
+        assert not clash, f"{fn.__name__} declares grouped options itself: {sorted(clash)}"
+        params = own[:at] + added + own[at + 1:]
+        names = [s.name for s in specs]
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            o = Values((n, kwargs.pop(n)) for n in names)
+            return fn(**kwargs, o=o)
+
+        command.__signature__ = sig.replace(parameters=params, return_annotation=None)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # Typer must see the new signature, not the function's own
+        return command
+
+    return decorate
+
+
+def _pick(cls, values: dict, only=None) -> dict:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names and v is not None and (only is None or k in only)}
+
+
+def data_config(values: dict, base=None, only=None, **overrides):
+    """A DataConfig from a command's options (fields not given keep DataConfig's defaults). With ``base`` (a
+    project's own config), only the fields in ``only`` are taken from ``values``."""
+    from dataclasses import replace
+
+    from shared.data import DataConfig
+
+    picked = {**_pick(DataConfig, values, only), **overrides}
+    return replace(base, **picked) if base is not None else DataConfig(**picked)
+
+
+def train_config(values: dict, **overrides):
+    """A TrainConfig from a command's options."""
+    from shared.train import TrainConfig
+
+    return TrainConfig(**{**_pick(TrainConfig, values), **overrides})
+
+
+#: The data options a project's own data-config builder does not take; commands apply them on top of it.
+EXTRA_DATA = ("pixel_shuffle", "subsample_classes", "class_sample_seed", "split", "stratified", "split_seed",
+              "shuffle")

@@ -248,20 +248,19 @@ def resolve_command(project: str, entry: str) -> Target:
 
     import typer.main
 
-    import shared.cli
+    from shared.commands import project_apps, root_app
 
-    root = typer.main.get_command(shared.cli.app)
+    root = typer.main.get_command(root_app())  # the tree without `sweep` (shared.cli adds it)
+    apps = project_apps()
     folder = _key(project)
     if folder == "shared":
-        cmds = {k: v for k, v in root.commands.items() if k != "sweep"}
+        cmds = dict(root.commands)
         prog, module = "geomlab", "shared.commands"
     else:
         dashed = folder.replace("_", "-")
-        known = [n.replace("-", "_") for n in shared.cli.PROJECT_APPS] + ["shared"]
-        check(dashed in shared.cli.PROJECT_APPS, f"unknown project {project!r}; use one of: {', '.join(known)}")
-        group = root.commands.get(dashed)
-        check(group is not None, f"project {folder} has no CLI in this checkout (projects/{folder}/cli.py)")
-        cmds, prog, module = dict(group.commands), f"geomlab {dashed}", shared.cli.PROJECT_APPS[dashed]
+        known = [n.replace("-", "_") for n in apps] + ["shared"]
+        check(dashed in apps, f"unknown project {project!r}; use one of: {', '.join(known)}")
+        cmds, prog, module = dict(root.commands[dashed].commands), f"geomlab {dashed}", apps[dashed]
     cmds = {k: v for k, v in cmds.items() if not hasattr(v, "commands")}  # commands, not sub-apps
     cmd = cmds.get(entry) or cmds.get(entry.replace("_", "-"))
     check(cmd is not None,

@@ -50,14 +50,16 @@ def log(msg: str) -> None:
 
 def make_data_config(dataset: str = "cifar10", data_path: str = "./data", batch_size: int = 100,
                      noisy: float = 0.0, noise_seed: int = 12345, augmentation: bool | None = None,
-                     verify_checksums: bool = True, download: bool = False) -> DataConfig:
+                     verify_checksums: bool = True, download: bool = False, **more) -> DataConfig:
     """The original's data pipeline: its normalizations for MNIST / CIFAR-10 (dataset statistics otherwise),
-    random crop + flip on CIFAR-10 training batches (``augmentation=None``: on for cifar10 only)."""
+    random crop + flip on CIFAR-10 training batches (``augmentation=None``: on for cifar10 only). ``more``: other
+    DataConfig fields (split, pixel_shuffle, subsample_classes, ...), default off as in the original."""
     mean, std = ORIGINAL_NORMALIZATION.get(dataset, (None, None))
     cfg = DataConfig(dataset=dataset, data_path=data_path, batch_size=batch_size, noise=noisy, noise_seed=noise_seed,
                      augmentation=(dataset == "cifar10") if augmentation is None else augmentation,
-                     normalize="channel", mean=mean, std=std, verify_checksums=verify_checksums, download=download)
-    check(0.0 <= noisy <= 1.0, f"--noisy is a fraction in [0, 1] (0.2 = 20% corrupted labels), got {noisy}")
+                     normalize="channel", mean=mean, std=std, verify_checksums=verify_checksums, download=download,
+                     **more)
+    check(0.0 <= noisy <= 1.0, f"--noise is a fraction in [0, 1] (0.2 = 20% corrupted labels), got {noisy}")
     cfg.validate()
     return cfg
 

@@ -429,7 +429,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
                  entry_point: str = "train", tags: dict | None = None, out_dir: str | Path | None = None,
                  resume_run: str | None = None, resume_from: str | None = None,
                  extra_callbacks: Sequence[Callback] = (), progress: bool = True,
-                 catch_training_errors: bool = False) -> VariantOutcome:
+                 catch_training_errors: bool = False, run_name: str | None = None) -> VariantOutcome:
     """Train one network in its own MLflow run (nested under the active run, if any); returns its CSV row.
 
     With ``resume_run`` the existing run is continued (from ``resume_from``, a snapshot) instead of a new one opened.
@@ -461,7 +461,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
             out = run_training(project=PROJECT, entry_point=entry_point, arch="feature_vgg", data_cfg=data_cfg,
                                train_cfg=train_cfg, model_options=model_options,
                                out_dir=str(out_dir) if out_dir else None, resume_from=resume_from,
-                               callbacks=callbacks, params=params, tags=all_tags, run_name=target.vid,
+                               callbacks=callbacks, params=params, tags=all_tags, run_name=run_name or target.vid,
                                loss_fn=trainer_loss, tracker=Tracker(reopen=resume_run) if resume_run else None,
                                data=data, progress=progress)
             return VariantOutcome(out.run_id, record_cb.record)
