@@ -12,7 +12,7 @@ Every command made through :func:`make_app` gets:
 from __future__ import annotations
 
 import typer
-from typer._click.exceptions import BadOptionUsage
+from typer._click.exceptions import BadOptionUsage, NoSuchOption
 from typer.core import TyperCommand, TyperGroup
 
 from shared.errors import UsageError
@@ -84,7 +84,12 @@ class GeomlabCommand(TyperCommand):
                     out.append(chosen)
                 continue
             out.append(a)
-        return super().parse_args(ctx, out)
+        try:
+            return super().parse_args(ctx, out)
+        except NoSuchOption as e:  # suggest visible names only
+            hidden = {o for _, opts, _ in self.aliases for o in opts}
+            e.possibilities = [o for o in (e.possibilities or []) if o not in hidden]
+            raise
 
 
 class _Group(TyperGroup):

@@ -58,6 +58,7 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
+from shared import options as opt
 from shared.errors import UsageError, check
 from shared.registry import Registry
 
@@ -584,14 +585,11 @@ def _quiet_optuna() -> Iterator[None]:
 # A trial
 
 
-def _trainer_callback_base():
-    from shared.train import Callback
-
-    return Callback
-
-
-class TrialReporter(_trainer_callback_base()):
+class TrialReporter:
     """Reports ``metric`` after every epoch of every Trainer of the trial; stops the training when Optuna prunes.
+
+    A :class:`shared.train.Callback` by its hooks (not by inheritance: importing shared.train imports torch, and
+    ``geomlab --help`` must not).
 
     Pruning asks the trainer to stop (its run finishes normally, with stop_reason) instead of raising through the
     project's code; later trainers of the same pruned trial stop before their first epoch. Steps are cumulative over
@@ -629,6 +627,15 @@ class TrialReporter(_trainer_callback_base()):
 
     def on_train_end(self, trainer) -> None:
         self._offset = self._base + trainer.epoch
+
+    def on_step_end(self, trainer, loss, output, y) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class _Heartbeat:
@@ -1138,8 +1145,7 @@ def register(app: typer.Typer) -> None:
                                                  "test_acc, train_loss, ...).")] = "val_acc",
         direction: Annotated[str, typer.Option(help="maximize, minimize or auto (minimize loss/error/time "
                                                     "metrics, maximize the others).")] = "auto",
-        seed: Annotated[Optional[int], typer.Option(help="Seed of the sampler (each trial number gets its own "
-                                                         "stream, so parallel workers do not repeat points).")] = None,
+        seed: opt.Seed = None,
         objective: Annotated[str, typer.Option(help="A trial's value: the metric's last epoch (last) or its best "
                                                     "epoch (best).")] = "last",
         heartbeat: Annotated[int, typer.Option(help="Seconds between heartbeats of a running trial; a trial silent for "

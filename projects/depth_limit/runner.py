@@ -283,7 +283,10 @@ def run_resnet_cifar10(depth: int, *, dataset: str = "cifar10", data_path: str =
                        batch_size: int = 128, alpha: float = 0.75, lr: float | None = None, seed: int = 1231,
                        block_init: str = "default", train_fraction: float = 1.0, verify_checksums: bool = True,
                        device: str = "auto", out_dir: str | None = None, run_name: str | None = None,
-                       resume_from: str | None = None, progress: bool = True):
+                       resume_from: str | None = None, progress: bool = True, data_options: dict | None = None):
+    """``data_options``: further DataConfig fields (split, noise, pixel_shuffle, ...; the original had none)."""
+    from dataclasses import replace
+
     from shared.data import DATASETS, load_data
     from shared.experiment import run_training
     from shared.train import TrainConfig
@@ -295,6 +298,8 @@ def run_resnet_cifar10(depth: int, *, dataset: str = "cifar10", data_path: str =
     channels = len(spec.mean)
     dcfg = cifar_data_config(dataset, data_path=data_path, batch_size=batch_size, seed=seed,
                              train_fraction=train_fraction, verify_checksums=verify_checksums, channels=channels)
+    dcfg = replace(dcfg, **(data_options or {}))
+    dcfg.validate()
     data = load_data(dcfg, seed=seed)
     eta = M.cifar_lr(depth, alpha) if lr is None else lr
     tcfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=eta, momentum=0.0, weight_decay=0.0, schedule="none",
