@@ -12,7 +12,7 @@ KL_REDUCTIONS = ("mean", "batchmean")
 
 def check_kd(temperature: float, alpha: float, kl_reduction: str) -> None:
     if not 0.0 <= alpha <= 1.0:
-        raise UsageError(f"--alpha must be in [0, 1], got {alpha}")
+        raise UsageError(f"--kl-weight (alpha) must be in [0, 1], got {alpha}")
     if not temperature > 0:
         raise UsageError(f"--temperature must be > 0, got {temperature}")
     if kl_reduction not in KL_REDUCTIONS:

@@ -124,7 +124,7 @@ class DepthLimitResNet(nn.Module):
                              f"in={in_features}, out={out_features})")
         self.L, self.dim, self.alpha, self.gamma = int(L), int(dim), float(alpha), float(gamma)
         self.activation = _choice(activation or "tanh", tuple(ACTIVATIONS), "--activation")
-        self.augmentation = _choice(augmentation, AUGMENTATIONS, "--augmentation")
+        self.augmentation = _choice(augmentation, AUGMENTATIONS, "--update-rule")
         self.init = _choice(init, INITS, "--init")
         self.init_convention = _choice(init_convention, CONVENTIONS, "--init-convention")
         self.delta = float(L) ** (-alpha)

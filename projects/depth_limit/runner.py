@@ -59,7 +59,7 @@ class FitOptions:
         check(self.p_loss >= 1, f"--p-loss must be >= 1, got {self.p_loss}")
         M.check_p_var(self.p_var)
         for value, allowed, name in ((self.activation, tuple(M.ACTIVATIONS), "--activation"),
-                                     (self.augmentation, M.AUGMENTATIONS, "--augmentation"),
+                                     (self.augmentation, M.AUGMENTATIONS, "--update-rule"),
                                      (self.init, M.INITS, "--init"),
                                      (self.init_convention, M.CONVENTIONS, "--init-convention"),
                                      (self.loss_convention, M.CONVENTIONS, "--loss-convention"),
@@ -178,12 +178,12 @@ def fit_data_config(dataset: str, *, data_path: str, batch_size: int, training_d
     spec = DATASETS.get(dataset)
     if training_data_percentage is None:
         training_data_percentage = 0.2 if dataset in IMAGE_SETS_WITH_PERCENTAGE else 1.0
-    check(0 < training_data_percentage <= 1, f"--training-data-percentage must be in (0, 1], got "
+    check(0 < training_data_percentage <= 1, f"--train-fraction must be in (0, 1], got "
           f"{training_data_percentage}")
     check(batch_size >= 0, f"--batch-size must be >= 0 (0: full batch), got {batch_size}")
     check(num_samples >= 2, f"--num-samples must be >= 2, got {num_samples}")
     if spec.task == "regression":
-        check(training_data_percentage == 1.0, "--training-data-percentage applies to image data sets; the synthetic "
+        check(training_data_percentage == 1.0, "--train-fraction applies to image data sets; the synthetic "
               "sets use --num-samples")
     return DataConfig(dataset=dataset, data_path=data_path, batch_size=batch_size or FULL_BATCH,
                       train_fraction=training_data_percentage, split_seed=seed, num_samples=num_samples,

@@ -103,7 +103,7 @@ def init_weights(model: nn.Module, scheme: str = "kaiming-normal") -> nn.Module:
     fns = {"kaiming-normal": nn.init.kaiming_normal_, "kaiming-uniform": nn.init.kaiming_uniform_,
            "xavier-normal": nn.init.xavier_normal_, "xavier-uniform": nn.init.xavier_uniform_}
     if scheme not in fns:
-        raise UsageError(f"unknown --weight-init {scheme!r}; use one of: {', '.join(INITS)}")
+        raise UsageError(f"unknown --init {scheme!r}; use one of: {', '.join(INITS)}")
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             fns[scheme](m.weight)

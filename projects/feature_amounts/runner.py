@@ -90,7 +90,7 @@ class FAOptions:
               f"{self.width_multiplier}")
         check(self.batch_norm >= 0, f"--batch-norm is the BatchNorm epsilon (>= 0; 0 disables it), got {self.batch_norm}")
         check(0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}")
-        check(self.weight_init in INITS, f"unknown --weight-init {self.weight_init!r}; use one of: {', '.join(INITS)}")
+        check(self.weight_init in INITS, f"unknown --init {self.weight_init!r}; use one of: {', '.join(INITS)}")
         check(self.lr_wr_epochs >= 1 and self.lr_wr_mul >= 1,
               f"--lr-wr-epochs and --lr-wr-mul must be >= 1, got {self.lr_wr_epochs}, {self.lr_wr_mul}")
         check(self.lr_wr_min >= 0, f"--lr-wr-min must be >= 0, got {self.lr_wr_min}")

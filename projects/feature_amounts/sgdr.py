@@ -35,7 +35,7 @@ def _check(first_cycle: int, mul: int, lr_max: float, lr_min: float) -> None:
     if int(mul) != mul or mul < 1:
         raise UsageError(f"--lr-wr-mul must be a positive integer, got {mul}")
     if not (lr_max > 0 and 0 <= lr_min <= lr_max):
-        raise UsageError(f"need 0 <= --lr-wr-min <= --learning-rate and a positive learning rate, got {lr_min}, {lr_max}")
+        raise UsageError(f"need 0 <= --lr-wr-min <= --lr and a positive learning rate, got {lr_min}, {lr_max}")
 
 
 def cycle_of(epoch: int, first_cycle: int = 10, mul: int = 2) -> tuple[int, int, int]:

@@ -131,13 +131,13 @@ def _one_line_error(res, *needles):
 @pytest.mark.parametrize("args,needles", [
     (["train"], ["no architecture given", "Student_VGG9"]),
     (["train", "--arch", "VGG12"], ["unknown architecture 'VGG12'"]),
-    (["train", "--arch", "LeNet8", "--noisy", "1.5"], ["--noisy is a fraction"]),
+    (["train", "--arch", "LeNet8", "--noisy", "1.5"], ["--noise is a fraction"]),  # the old name still works
     (["train", "--arch", "LeNet8", "--init", "xavier"], ["unknown --init 'xavier'"]),
     (["train", "--arch", "LeNet8", "--optimizer", "rmsprop"], ["unknown --optimizer"]),
     (["train", "--arch", "LeNet8", "--runs", "2", "--start-run", "2"], ["--start-run"]),
     (["train", "--arch", "VGG13", "--dataset", "digits"], ["at least 32x32"]),
     (["distill", "--teacher", "/nonexistent.tar"], ["does not exist"]),
-    (["distill", "--teacher", "/nonexistent.tar", "--alpha", "1.5"], ["--alpha must be in [0, 1]"]),
+    (["distill", "--teacher", "/nonexistent.tar", "--alpha", "1.5"], ["--kl-weight (alpha) must be in [0, 1]"]),
     (["distill-all", "--teacher-run", "not-a-run"], ["neither a folder of snapshots nor an MLflow run id"]),
     (["nesting", "--student", "/nonexistent.pt"], ["does not exist"]),
     (["plot", "/nonexistent.json"], ["does not exist"]),

@@ -72,9 +72,9 @@ def test_fit_digits_dynamic_lr_follows_the_rule(mlflow_store, cli):
 
 @pytest.mark.parametrize("args,needle", [
     (["--p-var", "1.5"], "--p-var"),
-    (["--augmentation", "skipp"], "--augmentation"),
+    (["--augmentation", "skipp"], "--update-rule"),  # the old name still works
     (["--init", "zeros"], "--init"),
-    (["--dataset", "sin", "--training-data-percentage", "0.5"], "training-data-percentage"),
+    (["--dataset", "sin", "--training-data-percentage", "0.5"], "--train-fraction"),
 ])
 def test_fit_bad_input_exits_2(mlflow_store, cli, args, needle):
     r = cli("depth-limit", "fit", "--epochs", "1", "--num-samples", "50", *args)

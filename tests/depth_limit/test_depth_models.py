@@ -68,7 +68,7 @@ def test_only_blocks_are_trainable_and_seeded():
 
 
 def test_bad_options_are_usage_errors():
-    with pytest.raises(UsageError, match="--augmentation"):
+    with pytest.raises(UsageError, match="--update-rule"):
         M.DepthLimitResNet(2, 1, augmentation="skipp")
     with pytest.raises(UsageError, match="--init"):
         M.DepthLimitResNet(2, 1, init="zeros")

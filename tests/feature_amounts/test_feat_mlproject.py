@@ -14,13 +14,13 @@ def commands():
 
 
 def test_entry_points_exist():
-    assert set(commands()) == {"train", "sweep", "optimize", "plot", "optuna_sweep"}
+    assert set(commands()) == {"train", "sweep", "optimize", "plot"}
 
 
-def test_optuna_sweep_entry_point_runs_the_shared_sweep(cli, mlflow_store):
-    ep = commands()["optuna_sweep"]
+def test_the_root_sweep_entry_point_runs_the_shared_sweep_of_this_project(cli, mlflow_store):
+    ep = yaml.safe_load((MLPROJECT.parents[2] / "MLproject").read_text())["entry_points"]["sweep"]
     values = {k: v.get("default", "") for k, v in ep["parameters"].items()}
-    values["space"] = str(MLPROJECT.parent / values["space"])
+    values.update(project="feature_amounts", entry="train", space=str(MLPROJECT.parent / "spaces" / "train.yaml"))
     values["storage"] = "postgresql://127.0.0.1:1/unreachable"  # parses everything, then stops before any trial
     argv = shlex.split(ep["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()}))
     assert argv[:6] == ["python", "-m", "shared.cli", "sweep", "feature_amounts", "train"]

@@ -99,7 +99,7 @@ def test_inits(scheme):
 
 
 def test_bad_inputs():
-    with pytest.raises(UsageError, match="weight-init"):
+    with pytest.raises(UsageError, match="--init"):
         M.feature_vgg(10, 3, 32, SMALL16, init="orthogonal")
     with pytest.raises(UsageError, match="depth"):
         M.feature_vgg(10, 3, 32, SMALL16[:-1])

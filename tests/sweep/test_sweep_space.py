@@ -86,7 +86,9 @@ def test_command_args_flags_lists_and_aliases():
     t = resolve_command("shared", "train")
     args = command_args(t.command, {"lr": 0.05, "width": 8, "pixel_shuffle": False, "augmentation": True,
                                     "arch": "lenet_small", "out_dir": None})
-    assert args == ["--lr", "0.05", "--width", "8", "--no-pixel-shuffle", "--augmentation", "--arch", "lenet_small"]
+    # --augmentation takes on|off|auto (the same option in every project); true/false are accepted
+    assert args == ["--lr", "0.05", "--width", "8", "--no-pixel-shuffle", "--augmentation", "True", "--arch",
+                    "lenet_small"]
     ctx = t.command.make_context("geomlab train", args)
     assert ctx.params["lr"] == 0.05 and ctx.params["width"] == 8 and ctx.params["pixel_shuffle"] is False
     assert ctx.params["augmentation"] is True
@@ -233,13 +235,13 @@ def test_example_spaces_match_existing_project_commands():
     """Where a project's CLI exists, its example spaces name real options with values its parser accepts."""
     import importlib
 
-    import shared.cli
+    from shared.commands import project_apps
 
     checked = 0
     for p in sorted(REPO.glob("projects/*/spaces/*.yaml")):
         project, command = _documented_command(p)
         try:
-            importlib.import_module(shared.cli.PROJECT_APPS[project.replace("_", "-")])
+            importlib.import_module(project_apps()[project.replace("_", "-")])
         except ModuleNotFoundError:
             continue  # that project's CLI is not in this checkout yet
         sp = load_space(p)
