@@ -211,7 +211,7 @@ def _load_digits(cfg: DataConfig):
 
 
 def sin_dataset(n: int, c: float, max_rounds: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 1-D 'sin' regression set of seed 003: x in [-sqrt(K), sqrt(K)], y = sin(pi x / sqrt(K)).
+    """The 1-D 'sin' regression set of the depth-limit thesis: x in [-sqrt(K), sqrt(K)], y = sin(pi x / sqrt(K)).
 
     K = exp(-4c) / (8 n). Points start at 1 and are resampled uniformly in [-sqrt(K), sqrt(K)] while they are
     'outliers' (|x| > sqrt(K), or x_i x_j >= K for some j, j = i included), at most ``max_rounds`` times; the

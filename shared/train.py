@@ -202,11 +202,11 @@ class Callback:
 class KillPlateaus(Callback):
     """Stop a run that does not learn, with either original rule.
 
-    - ``loss-ratio`` (seed 000): a smoothed loss restarts from 0 every epoch (avg <- 0.99 avg + 0.01 loss); its value
-      at batch ``at_batch`` of the first epoch trained in this process is the start loss; at batch ``at_batch`` of
-      epoch ``at_epoch`` (both 1-based) training stops if the current value is 0 or NaN or start / current <
-      ``ratio``. Epochs shorter than ``at_batch`` batches never trigger it, as in the original.
-    - ``acc-equal`` (seed 001): stop when an evaluation's accuracy (validation, else test) exactly equals the
+    - ``loss-ratio`` (Gamba et al. 2019): a smoothed loss restarts from 0 every epoch (avg <- 0.99 avg + 0.01
+      loss); its value at batch ``at_batch`` of the first epoch trained in this process is the start loss; at batch
+      ``at_batch`` of epoch ``at_epoch`` (both 1-based) training stops if the current value is 0 or NaN or start /
+      current < ``ratio``. Epochs shorter than ``at_batch`` batches never trigger it, as in the original.
+    - ``acc-equal`` (Gamba et al. 2020): stop when an evaluation's accuracy (validation, else test) exactly equals the
       previous one's (the first comparison is with 0); ``only_at_snapshots`` compares snapshot evaluations only,
       as the original did.
     """

@@ -17,8 +17,8 @@ from shared.app import make_app
 from shared.errors import UsageError, check
 
 
-app = make_app("Cone geometry of rectifier CNNs (Gamba et al., ICCV-W 2019): teachers, Student_<arch> networks by knowledge "
-               "distillation, and the nesting statistics of their cones (exact rotation, MPI).")
+app = make_app("Cone geometry of rectifier CNNs (Gamba et al., ICCV-W 2019): teachers, Student_<arch> networks by "
+               "knowledge distillation, and the nesting statistics of their cones (exact rotation, MPI).")
 
 # -- options of this project (the shared ones come from shared.options) --------------------------------------------
 Temperature = Annotated[float, typer.Option(help="Distillation temperature T.")]

@@ -1,4 +1,4 @@
-"""Teachers and "special" student networks of seeds 000/002 (On the Geometry of Rectifier CNNs).
+"""Teachers and "special" student networks of Gamba et al. 2019 (On the Geometry of Rectifier CNNs).
 
 Teachers are plain VGG / LeNet stacks of 3x3 convolutions (padding 1, stride 1, ReLU, no BatchNorm) and 2x2
 max-pools, followed by the original classifiers.  Each ``Student_<teacher>`` replaces every convolution by a

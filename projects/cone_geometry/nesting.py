@@ -1,4 +1,5 @@
-"""Cone nesting statistics between consecutive student convolutions (seed 000, sections 0.3-0.5 of the notes).
+"""Cone nesting statistics between consecutive student convolutions (Gamba et al. 2019; sections 0.3-0.5 of the
+notes).
 
 Every channel c of every filter of a student convolution is a ReLU "cone": weights w (k x k) and bias b.  A cone
 is embedded in R^D, D = H W (the feature-map size of its block), by placing the kernel in the top-left corner of an

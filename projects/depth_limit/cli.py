@@ -280,7 +280,8 @@ def curve_fit_cmd(
 
     fit, res = curve_fit_run(run=run, event_path=event_path, tag=tag, filter_period=filter_period,
                              window_size=window_size, scaling_x=scaling_x, infer_shift=infer_shift,
-                             out_dir=out_dir or _default_out("curve_fit", run or event_path or "input"), run_name=run_name)
+                             out_dir=out_dir or _default_out("curve_fit", run or event_path or "input"),
+                             run_name=run_name)
     names = ", ".join(fit.params)
     typer.echo(f"Estimated parameter values ({names}): " + " ".join(f"{v:.6g}" for v in fit.params.values()))
     typer.echo("SD of the parameters: " + " ".join(f"{v:.6g}" for v in fit.sd.values()))

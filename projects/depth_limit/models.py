@@ -1,4 +1,5 @@
-"""Models of seed 003 and the per-step quantities logged while training them (pure functions on tensors).
+"""Models of the depth-limit thesis (2024) and the per-step quantities logged while training them (pure functions
+on tensors).
 
 * :class:`DepthLimitResNet`: h_0 = U_in x, L residual blocks of dim x dim matrices W_0..W_{L-1} scaled by
   delta_L = L^-alpha, y = U_out h_L. U_in and U_out are frozen random projections (buffers, never trained).
@@ -105,7 +106,7 @@ def init_weights(W: torch.Tensor, init: str, alpha: float, gamma: float, convent
 
 
 class DepthLimitResNet(nn.Module):
-    """Residual network in the depth limit (seed 003's ``ResNet`` in resnet.py, with one (L, dim, dim) weight).
+    """Residual network in the depth limit (the thesis code's ``ResNet`` in resnet.py, with one (L, dim, dim) weight).
 
     Row-vector form, as the code computes it (W_t in PyTorch [out, in] layout, delta = L^-alpha):
 

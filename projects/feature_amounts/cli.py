@@ -15,8 +15,9 @@ from shared import options as opt
 from shared.app import make_app
 from shared.errors import UsageError, check
 
-app = make_app("Layer-wise feature amounts (Mundt et al. 2018, arXiv:1812.05836): skew-normal redistributions of VGG's features, trained with "
-               "SGDR and automatic micro-batch splitting; sweeps and Optuna studies logged to MLflow.")
+app = make_app("Layer-wise feature amounts (Mundt et al. 2018, arXiv:1812.05836): skew-normal redistributions of "
+               "VGG's features, trained with SGDR and automatic micro-batch splitting; sweeps and Optuna studies logged "
+               "to MLflow.")
 
 # -- options of this project (the shared ones come from shared.options) --------------------------------------------
 _O = opt.Opt

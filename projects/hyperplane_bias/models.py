@@ -1,4 +1,4 @@
-"""Architectures of the hyperplane-bias project (seed 001).
+"""Architectures of the hyperplane-bias project (Gamba et al. 2020).
 
 Every constructor has the signature ``(num_classes, in_channels, input_size, pretrained=False) -> nn.Module``.
 

@@ -1,4 +1,5 @@
-"""Projection statistics of convolutional (and optionally linear) layers on the all-ones direction (seed 001).
+"""Projection statistics of convolutional (and optionally linear) layers on the all-ones direction (Gamba et al.
+2020).
 
 For a layer with weight W of shape (N, C, k, k) (conv) or (N, D) (linear), filter n is flattened to
 W_n in R^D (D = C*k*k) -- the normal of the first hyperplane of that filter. Then
