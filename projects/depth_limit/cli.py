@@ -55,8 +55,9 @@ OmegaConvention = Annotated[str, typer.Option(help="code: (1/B) sum |d mean-loss
 NumSamples = Annotated[int, typer.Option(help="sin/constant: number of points generated (90% train).")]
 SynthC = Annotated[float, typer.Option("--c", help="sin/constant: the constant c (the original's default 0.01).")]
 EvalEvery = Annotated[int, typer.Option(help="Evaluate the test split every this many epochs (0: after the last).")]
-#: The data options of a training command beyond the ones its project's data builder takes (off by default).
-EXTRA_DATA = opt.EXTRA_DATA[:-1] + ("noise", "noise_seed")  # shuffle: the builders' own
+#: The data options of a training command beyond the ones its project's data builder takes (off by default). The
+#: builders seed --train-fraction with --seed (the thesis' code) and set their own shuffling.
+EXTRA_DATA = tuple(n for n in opt.EXTRA_DATA if n not in ("split_seed", "shuffle")) + ("noise", "noise_seed")
 DATA_EXTRA = tuple(o for o in opt.DATA if o.name in EXTRA_DATA)
 
 
