@@ -86,8 +86,8 @@ TRAIN_FRACTION = _O("train_fraction", Optional[float], "Train on this seeded fra
 AUGMENTATION = _O("augmentation", str, "Random crop and horizontal flip of training images: on, off, or auto (the "
                   "original's rule: cone-geometry on for cifar10, feature-amounts on for CIFAR and ImageNet, "
                   "off elsewhere).", "off", kwargs={"callback": _augmentation})
-NORMALIZE = _O("normalize", str, "Input normalization: channel (per-channel mean/std; cone-geometry uses the "
-               "original's constants), gcn (global contrast normalization per image) or none.", "channel")
+NORMALIZE = _O("normalize", str, "Input normalization: channel (per-channel mean/std), gcn (global contrast "
+               "normalization per image) or none.", "channel")
 SHUFFLE = _O("shuffle", bool, "Reshuffle the training set every epoch.", True)
 VERIFY_CHECKSUMS = _O("verify_checksums", bool, "Check CIFAR files against torchvision's md5 sums.", True)
 DOWNLOAD = _O("download", bool, "Let torchvision download missing files (needs network).", False)

@@ -79,7 +79,7 @@ def train(
     resize: Annotated[int, typer.Option(help="Resize images to this size before training (0: native), e.g. 224 "
                                              "for the original HEAD's --upscale.")] = 0,
 ) -> None:
-    """Train (or fine-tune) a model with snapshots; the seed's train.py on the shared training loop."""
+    """Train (or fine-tune) a model with snapshots; the original train.py (Gamba et al. 2020) on the shared training loop."""
     from shared.data import DataConfig
     from shared.train import TrainConfig
 

@@ -33,8 +33,8 @@ def test_variants_command(cli):
 
 
 def test_usage_errors(cli, mlflow_store):
-    r = cli("feature-amounts", "train", *QUICK, "--weight-init", "orthogonal")
-    assert r.exit_code == 2 and "weight-init" in r.stderr
+    r = cli("feature-amounts", "train", *QUICK, "--weight-init", "orthogonal")  # the old name of --init
+    assert r.exit_code == 2 and "unknown --init" in r.stderr
     r = cli("feature-amounts", "train", *QUICK, "--mean", "3")
     assert r.exit_code == 2 and "go together" in r.stderr
     r = cli("feature-amounts", "train", *QUICK, "--mean", "7", "--scale", "0.5", "--skew", "0")

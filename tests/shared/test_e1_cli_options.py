@@ -169,3 +169,14 @@ def test_help_and_argument_errors_import_no_heavy_library():
             "print(heavy, file=sys.stderr); sys.exit(3 if heavy else 0)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+#: Commands that open no MLflow run of their own (listings, a print-out, figures from a file); `geomlab sweep` names
+#: its parent run after the study (--study).
+NO_RUN = {"geomlab datasets", "geomlab archs", "geomlab evaluate", "geomlab feature-amounts variants",
+          "geomlab depth-limit landscape plot", "geomlab sweep"}
+
+
+@pytest.mark.parametrize("path", sorted(set(COMMANDS) - NO_RUN))
+def test_every_command_that_opens_a_run_takes_a_run_name(path):
+    assert "run_name" in {p.name for p in COMMANDS[path].params}
