@@ -62,7 +62,7 @@ def test_distill_loss_uses_a_frozen_teacher_in_eval_mode():
     assert torch.equal(out, student(x))
 
 
-@pytest.mark.parametrize("kw,msg", [({"alpha": 1.5}, "--alpha"), ({"temperature": 0.0}, "--temperature"),
+@pytest.mark.parametrize("kw,msg", [({"alpha": 1.5}, "--kl-weight"), ({"temperature": 0.0}, "--temperature"),
                                     ({"kl_reduction": "sum"}, "--kl-reduction")])
 def test_bad_kd_options(kw, msg):
     args = {"temperature": 22.0, "alpha": 0.7, "kl_reduction": "mean", **kw}
