@@ -36,13 +36,13 @@ from shared.experiment import default_out_dir, run_training
 from shared.files import atomic_write, ensure_writable_dir
 from shared.plotting import save_figure
 from shared.tracking import Tracker, configure_tracking, list_run_artifacts, parse_run_ref, resolve_input
-from shared.train import Callback, TrainConfig
+from shared.train import Callback, TrainConfig, resolve_device
 
 from . import models as _models  # noqa: F401  (registers feature_vgg / vgg_reference)
 from .models import INITS, count_parameters
 from .results import from_csv, record_from_history, to_csv
 from .sgdr import cycle_of, nominal_steps, sgdr_lr
-from .splitting import AutoSplitter, SplitCache, is_oom, parse_memory
+from .splitting import AutoSplitter, MemoryFailure, SplitCache, device_name, is_oom, parse_memory
 from .variants import (Variant, base_widths, capacity, check_depth, generate_variants, invalid_reason, make_variant,
                        widths_from_bins)
 
@@ -468,12 +468,12 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
         except UsageError as e:
             if not (catch_training_errors and record_cb.run_id):
                 raise
-            _mark_failed(record_cb.run_id, str(e))
+            _mark_failed(record_cb.run_id, str(e), memory_setting(opts, train_cfg)
+                         if isinstance(e, MemoryFailure) else None)
             return VariantOutcome(record_cb.run_id, None, str(e))
         except RuntimeError as e:
             d = split_cb.decision
-            if not is_oom(e) or record_cb.run_id is None or d is None or d.source == "forced" \
-                    or d.micro_batch <= splitter.min_micro:
+            if not is_oom(e) or record_cb.run_id is None:
                 raise
             oom = " ".join(str(e).split())[:200]
         finally:
@@ -482,6 +482,15 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
                 torch.cuda.empty_cache()
         # out of memory during training (outside the except block, so the failed step's tensors are released)
         gc.collect()
+        if d is None or d.source == "forced" or d.micro_batch <= splitter.min_micro:
+            how = "the forced split" if d is not None and d.source == "forced" else \
+                f"micro-batches of {d.micro_batch}" if d is not None else "its first step"
+            msg = (f"{target.vid} runs out of memory in training even with {how} ({oom}); raise --memory-limit, "
+                   f"use another --device or narrower variants (--width-multiplier)")
+            if not catch_training_errors:
+                raise MemoryFailure(msg)
+            _mark_failed(record_cb.run_id, msg, memory_setting(opts, train_cfg))
+            return VariantOutcome(record_cb.run_id, None, msg)
         new = max(splitter.min_micro, math.ceil(d.micro_batch / 2))
         splitter.cache.put(d.key, {"micro_batch": new, "batch_size": d.batch_size,
                                    "chunks": math.ceil(d.batch_size / new), "peak_bytes": None})
@@ -491,10 +500,20 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
               f"continuing run {resume_run} from {resume_from or 'the start'} with micro-batches of {new}")
 
 
-def _mark_failed(run_id: str, message: str) -> None:
+def memory_setting(opts: FAOptions, train_cfg: TrainConfig) -> str:
+    """What a memory failure depends on: the limit, the device (GPU model and size) and a forced split."""
+    return (f"limit={parse_memory(opts.memory_limit) or 0}|device={device_name(resolve_device(train_cfg.device))}"
+            f"|micro_batches={opts.micro_batches}")
+
+
+def _mark_failed(run_id: str, message: str, memory: str | None = None) -> None:
+    """Mark a variant run finished and failed; ``memory``: the :func:`memory_setting` it ran out of memory with
+    (tag ``fa.memory_failure``), so that a sweep tries it again under another setting."""
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient()
+    if memory is not None:
+        c.set_tag(run_id, "fa.memory_failure", memory)
     c.set_tag(run_id, "fa.complete", "1")
     c.set_tag(run_id, "fa.failed", message[:4000])
 
@@ -591,10 +610,15 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
         outcome.csv_path = csv_dir / "sweep.csv"
         done_runs: dict[str, Any] = {}
         partial_runs: dict[str, Any] = {}
+        memory_now = memory_setting(opts, train_cfg)
+        retry_memory: dict[str, str] = {}  # variant -> the setting an earlier run of it ran out of memory with
         if not fresh:
             for r in _search(f"tags.`fa.train_key` = '{tkey}' and tags.`fa.role` = 'variant'"):
                 vid = r.data.tags.get("fa.variant_id")
-                if r.data.tags.get("fa.complete") == "1":
+                failed_with = r.data.tags.get("fa.memory_failure")
+                if failed_with is not None and failed_with != memory_now:
+                    retry_memory.setdefault(vid, failed_with)  # another limit or device: not done, try again
+                elif r.data.tags.get("fa.complete") == "1":
                     done_runs.setdefault(vid, r)
                 elif r.data.tags.get("mlflow.parentRunId") == t.run_id:
                     partial_runs.setdefault(vid, r)
@@ -610,6 +634,9 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
                 echo(f"{prefix}: already finished in run {done_runs[target.vid].info.run_id}, skipped")
                 continue
             resume_run = resume_from = None
+            if target.vid in retry_memory:
+                echo(f"{prefix}: ran out of memory before ({retry_memory[target.vid]}); trying again with "
+                     f"{memory_now}")
             if target.vid in partial_runs:
                 resume_run = partial_runs[target.vid].info.run_id
                 resume_from = last_snapshot(resume_run, base_out / target.vid if base_out else None)

@@ -10,7 +10,9 @@ Instead of predicting memory, :class:`AutoSplitter` *tries*: it runs real traini
 out-of-memory errors (``torch.OutOfMemoryError`` and the CPU allocator's "DefaultCPUAllocator: can't allocate
 memory"), halves the micro-batch and retries. The probe restores the model, the optimizer and the RNG afterwards,
 so it leaves no trace in training. The working micro-batch is remembered per (architecture, input shape, device,
-batch size, limit) in memory and in a small JSON file written atomically.
+batch size, limit) in memory and in a small JSON file written atomically. Training itself runs in the shared
+Trainer (``Trainer.micro_batches`` = the chosen number of chunks); an out-of-memory error there is handled by the
+runner (halve the micro-batch, continue from the newest snapshot; below the smallest one, a :class:`MemoryFailure`).
 
 On CPU the kernel overcommits memory, so a real out-of-memory error rarely arrives as an exception. A memory
 limit (``memory_limit`` bytes) makes the CPU case testable and useful: during a probe the peak memory of the step is
@@ -51,6 +53,11 @@ OOM_MESSAGES = (
 
 class MemoryLimitExceeded(torch.OutOfMemoryError):
     """Raised by a probe whose measured peak memory is above the configured limit (handled like a real OOM)."""
+
+
+class MemoryFailure(UsageError):
+    """A network that does not fit even in the smallest micro-batch (at probing or in training): a failure of this
+    memory limit and device, not of the network, so a sweep records it and tries it again when they change."""
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -345,7 +352,7 @@ class Probe:
 class SplitDecision:
     batch_size: int
     micro_batch: int
-    source: str  # "probe", "cache", "forced", "retry"
+    source: str  # "probe", "cache", "forced"
     key: str = ""
     probes: list[Probe] = field(default_factory=list)
 
@@ -468,7 +475,7 @@ class AutoSplitter:
             if p.ok:
                 break
             if micro <= self.min_micro:
-                raise UsageError(
+                raise MemoryFailure(
                     f"even a micro-batch of {micro} sample(s) does not fit ({p.error}); raise --memory-limit, "
                     f"use narrower variants (--width-multiplier) or a smaller --patch-size")
             micro = max(self.min_micro, math.ceil(micro / 2))
@@ -481,36 +488,3 @@ class AutoSplitter:
         self.decision = d
         self.history.append(d)
         return d
-
-    # -- training ----------------------------------------------------------------------------------------------
-    def step(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, x: torch.Tensor,
-             y: torch.Tensor) -> StepResult:
-        """One optimizer step on (x, y) with the chosen split (chosen now if this is the first full batch).
-
-        A batch smaller than the logical batch (the last one of an epoch) is cut with the same micro-batch size and
-        its loss scaled by its own size. If a real step still runs out of memory before ``optimizer.step()``
-        (e.g. fragmentation), the micro-batch is halved, the cache updated and the same batch redone.
-        """
-        if self.decision is None:
-            if x.shape[0] == self.batch_size:
-                self.choose(model, optimizer, loss_fn, x, y)
-            else:  # a dataset smaller than one batch: probe with what we have
-                sub = AutoSplitter(x.shape[0], self.memory_limit, None, self.probe_steps, self.cache, self.arch,
-                                   self.min_micro)
-                d = sub.choose(model, optimizer, loss_fn, x, y)
-                self._set(SplitDecision(self.batch_size, d.micro_batch, d.source, d.key, d.probes))
-        while True:
-            micro = self.decision.micro_batch
-            try:
-                return accumulate_step(model, optimizer, loss_fn, x, y, micro)
-            except RuntimeError as e:
-                if not is_oom(e) or micro <= self.min_micro:
-                    raise
-            optimizer.zero_grad(set_to_none=True)
-            _free(x.device)
-            new = max(self.min_micro, math.ceil(micro / 2))
-            d = SplitDecision(self.batch_size, new, "retry", self.decision.key)
-            if d.key:
-                self.cache.put(d.key, {"micro_batch": new, "batch_size": self.batch_size, "chunks": d.chunks,
-                                       "peak_bytes": None})
-            self._set(d)

@@ -1,5 +1,9 @@
-"""Micro-batch splitting: exact gradient accumulation, OOM handling, memory limit, cache, probing without trace."""
+"""Micro-batch splitting: probing with exact gradient accumulation, OOM handling, memory limit, cache, probing
+without trace; and the training path that applies the split (the shared Trainer's ``_train_step``)."""
+import copy
+import functools
 import json
+import math
 
 import pytest
 import torch
@@ -8,7 +12,9 @@ from torch import nn
 
 from projects.feature_amounts import splitting as S
 from projects.feature_amounts.models import feature_vgg
+from shared.data import DataConfig, load_data
 from shared.errors import UsageError
+from shared.train import TrainConfig, Trainer
 
 W = [4, 4, 6, 6, 8, 8, 8, 8, 8, 8, 8, 8, 8, 10, 10]
 
@@ -77,41 +83,66 @@ class Hog(nn.Module):
         return self.lin(x.flatten(1))
 
 
-def test_real_cpu_oom_is_caught_and_halved():
-    x, y = batch(32)
-    m = Hog(limit=6)
+@functools.lru_cache(maxsize=1)
+def _digits():
+    return load_data(DataConfig(dataset="digits", batch_size=32, shuffle=False))
+
+
+def trainer(model, micro_batches, lr=0.1, momentum=0.0):
+    """The shared Trainer, whose ``_train_step`` is what training runs with the chosen split (feature_amounts sets
+    ``Trainer.micro_batches`` to the decision's number of chunks)."""
+    t = Trainer(model, _digits(), TrainConfig(epochs=1, lr=lr, momentum=momentum, weight_decay=0.0,
+                                              snapshot_init=False, device="cpu"), progress=False)
+    t.micro_batches = micro_batches
+    return t
+
+
+@pytest.mark.parametrize("n", [32, 100])
+def test_real_cpu_oom_is_caught_and_halved_and_training_fits(n):
+    x, y = batch(n)
+    m = Hog(limit=13)
     opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
-    sp = S.AutoSplitter(batch_size=32)
     before = [p.detach().clone() for p in m.parameters()]
-    r = sp.step(m, opt, F.cross_entropy, x, y)
-    d = sp.decision
-    assert d.source == "probe" and d.micro_batch == 4 and d.chunks == 8
-    assert [p.micro_batch for p in d.probes] == [32, 16, 8, 4]
-    assert [p.ok for p in d.probes] == [False, False, False, True]
+    d = S.AutoSplitter(batch_size=n).choose(m, opt, F.cross_entropy, x, y)
+    expected = {32: [32, 16, 8], 100: [100, 50, 25, 13]}[n]
+    assert d.source == "probe" and [p.micro_batch for p in d.probes] == expected
+    assert [p.ok for p in d.probes] == [False] * (len(expected) - 1) + [True]
     assert "DefaultCPUAllocator" in d.probes[0].error
-    assert r.n == 32 and r.chunks == 8
+    assert all(torch.equal(a, b) for a, b in zip(before, m.parameters()))  # the probe left no trace
+    # the training step with the decided number of chunks never hands the model more than the probed micro-batch
+    t = trainer(m, d.chunks)
+    m.seen.clear()
+    loss, out = t._train_step(x, y)
+    assert len(m.seen) == d.chunks and max(m.seen) <= d.micro_batch and sum(m.seen) == n
+    assert out.shape == (n, 5) and math.isfinite(loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, m.parameters()))  # training proceeded
+    # the same step without the split runs out of memory for real
+    with pytest.raises(RuntimeError) as e:
+        trainer(m, 1)._train_step(x, y)
+    assert S.is_oom(e.value)
 
 
-def test_oom_in_training_step_halves_and_redoes_batch():
-    x, y = batch(32)
-    m = Hog(limit=10)
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    sp = S.AutoSplitter(batch_size=32, chunks=1)  # forced: no probe, the real step runs out of memory
-    ref = Hog(limit=100)
-    ref.load_state_dict(m.state_dict())
-    S.accumulate_step(ref, torch.optim.SGD(ref.parameters(), lr=0.1), F.cross_entropy, x, y, 8)
-    sp.step(m, opt, F.cross_entropy, x, y)
-    assert [d.source for d in sp.history] == ["forced", "retry", "retry"] and sp.decision.micro_batch == 8
-    for p, q in zip(m.parameters(), ref.parameters()):
-        assert torch.allclose(p, q, atol=1e-14)
+@pytest.mark.parametrize("chunks", [5, 12])
+def test_trainer_step_with_chunks_is_the_full_batch_step(chunks):
+    x, y = batch(24)
+    ref = small_model()
+    loss = F.cross_entropy(ref(x), y)
+    loss.backward()
+    m = small_model()
+    t = trainer(m, chunks, lr=0.5)
+    total, out = t._train_step(x, y)
+    assert total == pytest.approx(loss.item(), rel=1e-12)
+    for (name, p), q in zip(m.named_parameters(), ref.parameters()):
+        assert (p.grad - q.grad).abs().max().item() < 1e-12, name
+        assert torch.allclose(p.detach(), q.detach() - 0.5 * q.grad, rtol=0, atol=1e-12), name
 
 
-def test_non_oom_errors_propagate_and_micro_one_failure_is_usage_error():
+def test_non_oom_errors_propagate_and_micro_one_failure_is_a_memory_failure():
     x, y = batch(8)
     m = Hog(limit=0)
-    with pytest.raises(UsageError, match="micro-batch of 1"):
-        S.AutoSplitter(batch_size=8).step(m, torch.optim.SGD(m.parameters(), lr=0.1), F.cross_entropy, x, y)
+    with pytest.raises(S.MemoryFailure, match="micro-batch of 1"):
+        S.AutoSplitter(batch_size=8).choose(m, torch.optim.SGD(m.parameters(), lr=0.1), F.cross_entropy, x, y)
+    assert issubclass(S.MemoryFailure, UsageError)
 
     class Broken(Hog):
         def forward(self, x):
@@ -119,7 +150,7 @@ def test_non_oom_errors_propagate_and_micro_one_failure_is_usage_error():
 
     b = Broken(0)
     with pytest.raises(RuntimeError, match="shape mismatch"):
-        S.AutoSplitter(batch_size=8).step(b, torch.optim.SGD(b.parameters(), lr=0.1), F.cross_entropy, x, y)
+        S.AutoSplitter(batch_size=8).choose(b, torch.optim.SGD(b.parameters(), lr=0.1), F.cross_entropy, x, y)
 
 
 def footprint(micro, x, y):
@@ -153,18 +184,20 @@ def test_memory_limit_forces_split_and_training_proceeds(tmp_path):
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
     cache = S.SplitCache(tmp_path / "splits.json")
     sp = S.AutoSplitter(batch_size=64, memory_limit=limit, cache=cache)
-    losses = [sp.step(m, opt, F.cross_entropy, x, y).loss_sum / 64 for _ in range(4)]
-    d = sp.history[0]
+    t = trainer(m, 1, lr=0.05, momentum=0.9)
+    d = sp.choose(t.model, t.optimizer, F.cross_entropy, x, y)
+    t.micro_batches = d.chunks
+    losses = [t._train_step(x, y)[0] for _ in range(4)]
     assert d.source == "probe" and d.chunks >= 2 and d.probes[0].ok is False
     assert all(p.peak_bytes > limit for p in d.probes if not p.ok)
     assert d.probes[-1].ok and d.probes[-1].peak_bytes <= limit
     assert losses[-1] < losses[0]  # it trains
-    # the probe left no trace: the same steps with the chosen split and the same seed give the same weights
+    # the probe left no trace: the same training steps with the chosen split and the same seed give the same weights
     torch.manual_seed(5)
     m2 = small_model(bn_eps=1e-4, dropout=0.5, dtype=torch.float32, size=32)
-    opt2 = torch.optim.SGD(m2.parameters(), lr=0.05, momentum=0.9)
+    t2 = trainer(m2, d.chunks, lr=0.05, momentum=0.9)
     for _ in range(4):
-        S.accumulate_step(m2, opt2, F.cross_entropy, x, y, d.micro_batch)
+        t2._train_step(x, y)
     for p, q in zip(m.parameters(), m2.parameters()):
         assert torch.equal(p, q)
     for a, b in zip(m.buffers(), m2.buffers()):
@@ -174,12 +207,12 @@ def test_memory_limit_forces_split_and_training_proceeds(tmp_path):
     assert [v["micro_batch"] for v in data.values()] == [d.micro_batch]
     assert list(tmp_path.iterdir()) == [tmp_path / "splits.json"]  # no temp files left behind
     sp2 = S.AutoSplitter(batch_size=64, memory_limit=limit, cache=S.SplitCache(tmp_path / "splits.json"))
-    sp2.step(m, opt, F.cross_entropy, x, y)
-    assert sp2.decision.source == "cache" and sp2.decision.micro_batch == d.micro_batch
+    d2 = sp2.choose(t.model, t.optimizer, F.cross_entropy, x, y)
+    assert d2.source == "cache" and d2.micro_batch == d.micro_batch
     # a different limit is a different key
     sp3 = S.AutoSplitter(batch_size=64, memory_limit=2**40, cache=S.SplitCache(tmp_path / "splits.json"))
-    sp3.step(m, opt, F.cross_entropy, x, y)
-    assert sp3.decision.source == "probe" and sp3.decision.micro_batch == 64
+    d3 = sp3.choose(t.model, t.optimizer, F.cross_entropy, x, y)
+    assert d3.source == "probe" and d3.micro_batch == 64
 
 
 def test_damaged_cache_file_is_ignored(tmp_path):
@@ -192,15 +225,16 @@ def test_damaged_cache_file_is_ignored(tmp_path):
     assert S.SplitCache(p).get("k") == {"micro_batch": 8}
 
 
-def test_last_partial_batch_uses_same_micro_and_own_scale():
+def test_last_partial_batch_is_split_and_scaled_by_its_own_size():
     x, y = batch(20)
     m = small_model()
-    opt = torch.optim.SGD(m.parameters(), lr=0.0)
-    sp = S.AutoSplitter(batch_size=16, chunks=4)
-    sp.step(m, opt, F.cross_entropy, x[:16], y[:16])
-    r = sp.step(m, opt, F.cross_entropy, x[16:], y[16:])
-    assert r.chunks == 1 and r.n == 4
-    ref = small_model()
-    F.cross_entropy(ref(x[16:]), y[16:]).backward()
+    t = trainer(m, 4)  # the split of a logical batch of 16 ...
+    t._train_step(x[:16], y[:16])
+    m.zero_grad()
+    ref = copy.deepcopy(m)
+    total, _ = t._train_step(x[16:], y[16:])  # ... applied to the last 4 samples of the epoch (2 chunks of 2)
+    loss = F.cross_entropy(ref(x[16:]), y[16:])
+    loss.backward()
+    assert total == pytest.approx(loss.item(), rel=1e-12)
     for p, q in zip(m.parameters(), ref.parameters()):
         assert (p.grad - q.grad).abs().max().item() < 1e-12
