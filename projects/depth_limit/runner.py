@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -502,8 +503,36 @@ def _cell_path(cells_dir: Path, index: int) -> Path:
     return cells_dir / f"cell_{index:05d}.npy"
 
 
-def done_cells(cells_dir: Path) -> set[int]:
-    return {int(f.stem.split("_")[1]) for f in cells_dir.glob("cell_*.npy")}
+def done_cells(cells_dir: Path, plan: list[LS.Cell] | None = None) -> set[int]:
+    """Indices of the finished cells. With ``plan``, each cell file is read back: a damaged one (empty, truncated,
+    not an array of the cell's shape) is removed with a warning on stderr, so that it is computed again."""
+    shapes = {c.index: (c.i1 - c.i0, c.j1 - c.j0) for c in plan or ()}
+    done = set()
+    for f in sorted(cells_dir.glob("cell_*.npy")):
+        index = int(f.stem.split("_")[1])
+        if plan is not None:
+            problem = _cell_problem(f, shapes.get(index))
+            if problem is not None:
+                print(f"warning: {f} is damaged ({problem}); computing cell {index} again", file=sys.stderr)
+                f.unlink(missing_ok=True)
+                continue
+        done.add(index)
+    return done
+
+
+def _cell_problem(path: Path, shape: tuple[int, int] | None) -> str | None:
+    """Why a cell file cannot be used (None when it holds a float array of ``shape``)."""
+    if path.stat().st_size == 0:
+        return "zero bytes"
+    try:
+        v = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - EOFError, ValueError, OSError: all mean a damaged file
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
+    if shape is None:
+        return "not a cell of this grid"
+    if v.shape != shape or v.dtype.kind != "f":
+        return f"holds {v.dtype} {v.shape}, expected float {shape}"
+    return None
 
 
 def write_cell(cells_dir: Path, index: int, values: np.ndarray) -> Path:
@@ -573,7 +602,7 @@ def render_landscape(source: str, out_dir: str, settings: RenderSettings, *, dat
     evaluate = make_evaluator(model, x, y, task, settings, float(meta.get("p_loss", 2.0)),
                               meta.get("loss_convention", "code"))
     # rank 0 lists the finished cells once and every rank gets the same list (ranks write cells while others list)
-    pending = comm.bcast(LS.pending_cells(plan, done_cells(cells_dir)) if rank == 0 else None, root=0)
+    pending = comm.bcast(LS.pending_cells(plan, done_cells(cells_dir, plan)) if rank == 0 else None, root=0)
     if rank == 0:
         echo(f"landscape: {settings.steps}x{settings.steps} points on {len(y)} samples, {len(plan)} cells "
              f"({len(plan) - len(pending)} done), {size} rank(s)")

@@ -485,7 +485,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
         if d is None or d.source == "forced" or d.micro_batch <= splitter.min_micro:
             how = "the forced split" if d is not None and d.source == "forced" else \
                 f"micro-batches of {d.micro_batch}" if d is not None else "its first step"
-            msg = (f"{target.vid} runs out of memory in training even with {how} ({oom}); raise --memory-limit, "
+            msg = (f"out of memory in training even with {how} ({oom}); raise --memory-limit, "
                    f"use another --device or narrower variants (--width-multiplier)")
             if not catch_training_errors:
                 raise MemoryFailure(msg)
