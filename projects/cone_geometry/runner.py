@@ -358,8 +358,13 @@ def _student_meta(loaded: LoadedSnapshot, model: torch.nn.Module, dataset: str |
     epoch = str(snap.get("teacher_epoch", "") or tags.get("teacher_epoch", ""))
     run = str(snap.get("cone_run", "") or tags.get("cone.run", "") or loaded.run)
     init = snap.get("init") or tags.get("init") or getattr(model, "init", "")
+    scratch = False
     if loaded.geomlab:
-        name = f"Student_{t_arch}_{epoch or loaded.epoch}_{init}" if t_arch else loaded.path.stem
+        # a student trained from scratch (`train --arch Student_<arch>`) has no teacher: its epoch is its own
+        scratch = not (snap.get("teacher_source") or tags.get("teacher_snapshot"))
+        if scratch:
+            epoch = loaded.epoch
+        name = f"Student_{t_arch}_{epoch}_{init}" if t_arch and epoch and init else loaded.path.stem
     else:
         name = loaded.path.stem
         if not epoch:  # original student files: Student_<arch>_<e>_<init>.pt
@@ -367,7 +372,8 @@ def _student_meta(loaded: LoadedSnapshot, model: torch.nn.Module, dataset: str |
             epoch = tokens[2] if len(tokens) > 2 and tokens[2].isdigit() else ""
     return {"name": name, "arch": t_arch, "dataset": ds, "epoch": epoch, "run": run,
             "student_source": loaded.source, "student_run_id": loaded.run_id or "",
-            "teacher_run_id": tags.get("teacher_run_id", ""), "student_epoch": loaded.epoch}
+            "teacher_run_id": tags.get("teacher_run_id", ""), "student_epoch": loaded.epoch,
+            **({"from_scratch": True} if scratch else {})}
 
 
 def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | None = None, quick: bool = False,
@@ -400,6 +406,11 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
             if size_hw is None:
                 raise UsageError("cannot tell the input size of this network; pass --dataset")
             blocks = nesting.conv_blocks(model, size_hw)
+            if not nesting.pair_tasks(blocks):
+                raise UsageError(f"{getattr(model, 'arch', 'this network')} has one convolution per pooling block, "
+                                 "so no two consecutive convolutions whose cones could nest: its nesting statistics "
+                                 "are undefined; use a student with two or more convolutions per block (LeNet8, "
+                                 "LeNet9, VGG)")
             meta = _student_meta(loaded, model, dataset)
             if out_dir is not None:
                 ensure_writable_dir(out_dir)
@@ -418,8 +429,10 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
               "threads": threads}
     tags = {}
     if rank == 0:
-        tags = {"source_run_id": loaded.run_id or "", "teacher_epoch": meta["epoch"], "cone.run": meta["run"],
-                "arch": meta["arch"], "dataset": meta["dataset"], "student": meta["name"]}
+        tags = {"source_run_id": loaded.run_id or "", "cone.run": meta["run"], "arch": meta["arch"],
+                "dataset": meta["dataset"], "student": meta["name"],
+                **({"from_scratch": "true", "student_epoch": meta["epoch"]} if meta.get("from_scratch")
+                   else {"teacher_epoch": meta["epoch"]})}
     with tracker.start(PROJECT, "nesting", run_name=run_name or (f"nesting-{meta['name']}" if meta else None),
                        params=params, tags=tags) as t:
         def report(bi: int, p: int, block: nesting.Block, seconds: float) -> None:
