@@ -398,6 +398,9 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
     trained = load_trained(load_from, arch, dataset, subsample_classes)
     sources: list[str] = []
     if run:
+        missing = sorted(set(epochs or ()) - {e for e, _ in snaps})
+        check(not missing, f"run {parse_run_ref(run)} has no snapshot of epoch(s) {', '.join(map(str, missing))}; "
+              f"its snapshots are of epochs {', '.join(str(e) for e, _ in snaps)}")
         chosen = [(e, u) for e, u in snaps if u != load_from and (not epochs or e in set(epochs))]
         sources += [u for _, u in chosen]
     if inits_from:
@@ -411,6 +414,10 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
     scratch = copy.deepcopy(model)  # receives each checkpoint's weights (checked against the architecture)
     for src in sources:
         snap, _ = fetch_snapshot(src, "checkpoint")
+        if _same_weights(snap, trained.snap):  # e.g. --load-from is a local copy of the run's last snapshot
+            _say(f"note: {src} holds the trained model itself (--load-from {trained.source}); skipped, it is not a "
+                 "checkpoint to re-initialize from")
+            continue
         key = str(int(snap["epoch"]) if _is_geomlab(snap) and "epoch" in snap else epoch_from_name(Path(src).stem))
         if key in checkpoints:
             _say(f"warning: two checkpoints for epoch {key}; keeping {origin[key]}, skipping {src}")
@@ -419,6 +426,8 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
         checkpoints[key] = layer_tensors(scratch.state_dict(), model, layers, source=src)
         origin[key] = src
     del scratch
+    check(bool(checkpoints) or rand, "no checkpoint to re-initialize from other than the trained model itself: pass "
+          "--inits-from, --run with earlier snapshots, or --rand")
     if rand:
         if rand_seed is None:  # independent of the training run's own initialization (seeded by its seed)
             rand_seed = int((trained.snap.get("train_config") or {}).get("seed", 0)) + 1
@@ -459,6 +468,14 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
         tr.log_metrics(reinit_metrics(doc))
         _save_fig(plots.reinit_heatmap(doc), out_dir / f"{name}.png", tr)
     return {"run_id": t.run_id, "document": doc, "out_dir": str(out_dir)}
+
+
+def _same_weights(a: dict, b: dict) -> bool:
+    """Do two snapshots hold the same weights (every tensor of their model state equal)?"""
+    sa, sb = a.get("model_state_dict", a), b.get("model_state_dict", b)
+    return sa.keys() == sb.keys() and all(
+        isinstance(sa[k], torch.Tensor) and isinstance(sb[k], torch.Tensor) and sa[k].shape == sb[k].shape
+        and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
 
 
 def _factory(trained: Loaded) -> Callable[[], nn.Module]:
