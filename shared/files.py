@@ -104,11 +104,44 @@ def load_weights(model: torch.nn.Module, snapshot: dict, *, strict: bool = True)
     unexpected = [k for k in sd if k not in own]
     wrong = [k for k in own if k in sd and tuple(own[k].shape) != tuple(sd[k].shape)]
     if wrong or (strict and (missing or unexpected)):
-        arch = snapshot.get("model_spec", {}).get("arch")
-        which = f"was written for architecture {arch!r}" if arch else "does not match this architecture"
-        detail = (f"shape of {wrong[0]}: {tuple(sd[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}" if wrong
-                  else f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}")
-        raise UsageError(f"snapshot {snapshot.get('path', '')} {which} ({detail}); pass the --arch (and dataset) "
-                         "it was trained with")
+        raise UsageError(_mismatch_message(model, snapshot, sd, own, wrong, missing, unexpected))
     model.load_state_dict(sd, strict=strict)
     return model
+
+
+def _mismatch_message(model, snapshot: dict, sd: dict, own: dict, wrong: list, missing: list,
+                      unexpected: list) -> str:
+    """Why a snapshot does not fit ``model``: another architecture, or the same one built for other data/width
+    (the first differing parameter with both shapes, and the build settings that differ where both are known)."""
+    spec = snapshot.get("model_spec") or {}
+    mine = dict(getattr(model, "geomlab_spec", {}) or {})
+    arch, my_arch = spec.get("arch"), mine.get("arch")
+    name = f"snapshot {snapshot.get('path', '')}".rstrip()
+    if arch and my_arch and arch != my_arch:
+        return f"{name} was written for architecture {arch!r}, not {my_arch!r}; pass --arch {arch} (or a snapshot of {my_arch})"
+    if wrong:
+        k = wrong[0]
+        detail = f"parameter {k} has shape {tuple(sd[k].shape)} in the snapshot but {tuple(own[k].shape)} here"
+    else:
+        detail = (f"missing parameters {', '.join(missing[:3])}" if missing else "") + \
+                 ("; " if missing and unexpected else "") + \
+                 (f"unexpected parameters {', '.join(unexpected[:3])}" if unexpected else "")
+    settings = [f"{key} {_fmt(spec.get(key))} vs {_fmt(mine.get(key))}" for key in ("num_classes", "in_channels",
+                "input_size") if key in spec and key in mine and _fmt(spec[key]) != _fmt(mine[key])]
+    opts, my_opts = spec.get("options") or {}, mine.get("options") or {}
+    settings += [f"{key} {_fmt(opts.get(key))} vs {_fmt(my_opts.get(key))}" for key in sorted(set(opts) | set(my_opts))
+                 if _fmt(opts.get(key)) != _fmt(my_opts.get(key))]
+    same = arch is not None and arch == my_arch
+    what = f"the same architecture ({arch})" if same else "another architecture, or the same one"
+    if settings:
+        cause = f"{what} built for other settings (snapshot vs here: {', '.join(settings)})"
+    elif wrong:
+        cause = f"{what} built for another number of classes, input channels, input size or width"
+    else:
+        cause = "a snapshot of another architecture or code version"
+    return f"{name} does not fit: {detail}; likely {cause}; pass the --dataset/--subsample-classes and model " \
+           "options it was trained with"
+
+
+def _fmt(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)

@@ -69,11 +69,16 @@ def as_path(path) -> np.ndarray:
     """Return ``path`` as a C-contiguous float64 array of shape (n, d).
 
     A 1-d input is n points on the line; inputs with more than two axes are flattened after the first one
-    (a stack of L weight matrices becomes L points in R^(dim*dim)). Torch tensors are accepted."""
+    (a stack of L weight matrices becomes L points in R^(dim*dim)). Torch tensors are accepted. Complex points
+    z in C^d are the points (Re z, Im z) of R^(2d): the Euclidean norm there is the modulus
+    |z| = (sum_i |z_i|^2)^(1/2), so V_p is that of the complex path (never its real part alone)."""
     if hasattr(path, "detach"):
-        path = path.detach().cpu().double().numpy()
+        t = path.detach().cpu()
+        path = t.resolve_conj().numpy() if t.is_complex() else t.double().numpy()
     try:
-        x = np.asarray(path, dtype=np.float64)
+        x = np.asarray(path)
+        is_complex = np.iscomplexobj(x)
+        x = x.astype(np.complex128 if is_complex else np.float64)
     except (TypeError, ValueError) as e:
         raise UsageError(f"the path must be a numeric array of shape (n, d); could not convert it ({e})") from None
     if x.ndim == 0:
@@ -86,6 +91,8 @@ def as_path(path) -> np.ndarray:
         raise UsageError("the path is empty; p-variation needs at least one point")
     if x.shape[1] == 0:
         raise UsageError("the path's points have dimension 0; pass points of shape (n, d) with d >= 1")
+    if is_complex:
+        x = np.concatenate([x.real, x.imag], axis=1)
     if not np.all(np.isfinite(x)):
         raise UsageError("the path contains NaN or infinite values; p-variation needs finite coordinates")
     return np.ascontiguousarray(x)
