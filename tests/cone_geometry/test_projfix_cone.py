@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from test_cone_cli import _runs, one_thread  # noqa: F401  (one_thread: autouse fixture, one torch thread)
 
 from projects.cone_geometry import nesting
 from projects.cone_geometry.models import build
@@ -17,20 +16,6 @@ from shared.files import save_snapshot
 from shared.models import build_model, model_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _runs(entry_point):
-    client = MlflowClient()
-    exps = [e.experiment_id for e in client.search_experiments()]
-    return client.search_runs(exps, filter_string=f"tags.entry_point = '{entry_point}'", max_results=100)
 
 
 def _snapshot(path, arch, **meta):
