@@ -596,6 +596,7 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
     data = load_data(data_cfg, seed=train_cfg.seed)
     loader_start = data.train.state_dict()
     base_out = ensure_writable_dir(out_dir) if out_dir else None
+    memory_now = memory_setting(opts, train_cfg)  # before any run is opened (an unusable --device is bad input)
     parent = None if fresh or os.environ.get("MLFLOW_RUN_ID") else \
         next(iter(_search(f"tags.`fa.sweep_key` = '{skey}' and tags.`fa.role` = 'sweep'")), None)
     tracker = Tracker(reopen=parent.info.run_id) if parent is not None else Tracker()
@@ -610,7 +611,6 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
         outcome.csv_path = csv_dir / "sweep.csv"
         done_runs: dict[str, Any] = {}
         partial_runs: dict[str, Any] = {}
-        memory_now = memory_setting(opts, train_cfg)
         retry_memory: dict[str, str] = {}  # variant -> the setting an earlier run of it ran out of memory with
         if not fresh:
             for r in _search(f"tags.`fa.train_key` = '{tkey}' and tags.`fa.role` = 'variant'"):
