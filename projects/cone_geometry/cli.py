@@ -125,7 +125,7 @@ def distill_cmd(
     res = distill(teacher, out_dir=o.out_dir, run_name=o.run_name,
                   **_distill_kwargs(o, temperature, kl_weight, kl_reduction))
     if nesting:
-        nesting_analysis(res.student_source, quick=quick, out_dir=f"{out_dir}/nesting" if out_dir else None)
+        nesting_analysis(res.student_source, quick=quick, out_dir=f"{o.out_dir}/nesting" if o.out_dir else None)
 
 
 @app.command("distill-all")

@@ -28,7 +28,7 @@ def test_reinit_skips_the_trained_model_and_refuses_missing_epochs(mlflow_store,
     assert list(doc["init_from_epoch"]) == ["0", "1"]  # not "2": that is the trained model
     assert set(doc["checkpoints"]) == {"0", "1"}
 
-    r = cli(HB, "reinit", "--run", run, "--epochs", "0,7", "--max-test", "60")
+    r = cli(HB, "reinit", "--run", run, "--checkpoint-epochs", "0,7", "--max-test", "60")
     assert r.exit_code == 2, r.output
     err = r.stderr.strip()
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in r.output

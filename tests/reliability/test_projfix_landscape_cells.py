@@ -18,7 +18,7 @@ def test_damaged_cells_are_recomputed_with_a_warning(mlflow_store, cli, tmp_path
     (fit,) = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.entry_point = 'fit'")
     out = tmp_path / "ls"
     args = ["depth-limit", "landscape", "render", fit.info.run_id, "--steps", "4", "--cell-size", "2", "--samples",
-            "10", "--out", str(out), "--dtype", "float64", "--no-plot"]
+            "10", "--out-dir", str(out), "--dtype", "float64", "--no-plot"]
     r = cli(*args)
     assert r.exit_code == 0, r.output
     reference = np.load(out / "surface.npy")
