@@ -439,8 +439,8 @@ class Trainer:
         n_batches = len(self.data.train)
         classification = self.data.task == "classification"
         with progress_bar(self.progress) as bar:
-            ep_task = bar.add_task("epochs", total=cfg.epochs, completed=self.epoch)
-            b_task = bar.add_task("batches", total=n_batches)
+            ep_task = bar.add_task("epoch", total=cfg.epochs, completed=self.epoch)
+            b_task = bar.add_task("batches", total=n_batches, quiet=True)
             while self.epoch < cfg.epochs and self._stop is None:
                 self.model.train()
                 t0 = time.perf_counter()
@@ -478,9 +478,9 @@ class Trainer:
                 if self.should_snapshot() or self._stop is not None:
                     self.save_snapshot()
                 self.tracker.flush()
-                bar.advance(ep_task)
                 desc = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train_loss", "val_acc", "test_acc"))
-                bar.update(ep_task, description=f"epoch {self.epoch}/{cfg.epochs} {desc}")
+                bar.update(ep_task, detail=desc)
+                bar.advance(ep_task)
         for cb in self.callbacks:
             cb.on_train_end(self)
         converged = self._stop is None

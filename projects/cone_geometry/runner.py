@@ -5,7 +5,6 @@ Everything that reads files, talks to MLflow or draws lives here; the statistics
 from __future__ import annotations
 
 import re
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from shared.experiment import default_out_dir, model_for, run_training
 from shared.files import SNAPSHOT_FORMAT, ensure_writable_dir, load_snapshot, load_weights, write_json
 from shared.models import rebuild
 from shared.plotting import save_figure
+from shared.progress import say
 from shared.tracking import Tracker, list_run_artifacts, load_json_input, parse_run_ref, resolve_input
 from shared.train import KillPlateaus, TrainConfig
 
@@ -38,10 +38,6 @@ ORIGINAL_INPUTS = {"mnist": (1, 28), "fashion_mnist": (1, 28), "kmnist": (1, 28)
                    "cifar10": (3, 32), "cifar100": (3, 32)}
 OPTIMIZERS = ("sgd", "adam")
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -109,7 +105,7 @@ def train_runs(arch: str, data_cfg: DataConfig, train_cfg: TrainConfig, *, init:
             tags={"cone.run": r, "init": init}, run_name=run_name or f"{arch}-{data_cfg.dataset}-run{r}",
             snapshot_meta={"cone_run": r, "init": init})
         final = out.result.final
-        log(f"{arch} run {r}: {out.result.epochs_done} epochs, "
+        say(f"{arch} run {r}: {out.result.epochs_done} epochs, "
             + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("train_loss", "test_loss", "test_acc"))
             + ("" if out.result.converged else f" (stopped: {out.result.stop_reason})") + f"; MLflow run {out.run_id}")
         outcomes.append(out)
@@ -273,7 +269,7 @@ def distill(teacher: str, *, arch: str | None, data_options: dict, train_cfg: Tr
     snap_path = out.result.last_snapshot
     student_source = (f"runs:/{out.run_id}/snapshots/{snap_path.name}" if out.run_id and snap_path is not None
                       else str(snap_path))
-    log(f"Student_{t_arch} from teacher epoch {loaded.epoch or '?'}: test_acc={final.get('test_acc', float('nan')):.4f}"
+    say(f"Student_{t_arch} from teacher epoch {loaded.epoch or '?'}: test_acc={final.get('test_acc', float('nan')):.4f}"
         + ("" if out.result.converged else f" (stopped: {out.result.stop_reason})") + f"; MLflow run {out.run_id}")
     return DistillResult(out.run_id, student_source, loaded.epoch, loaded.run, out.result.converged,
                          final.get("test_acc"), t_arch)
@@ -331,7 +327,7 @@ def distill_all(teacher_run: str, *, epochs: Sequence[int] | None = None, nestin
                        ) as parent:
         base = Path(out_dir) if out_dir else default_out_dir(PROJECT, parent.run_id)
         for k, src in enumerate(sources):
-            log(f"[distill-all] {k + 1}/{len(sources)}: {src}")
+            say(f"[distill-all] {k + 1}/{len(sources)}: {src}")
             res = distill(src, out_dir=str(base / f"student_{k:03d}"), **distill_kwargs)
             results.append(res)
             parent.log_metrics({"student_test_acc": res.test_acc if res.test_acc is not None else float("nan")},
@@ -425,7 +421,7 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
         def report(bi: int, p: int, block: nesting.Block, seconds: float) -> None:
             if rank == 0 and progress:
                 c = block.convs[p + 1]
-                log(f"  block {block.index} ({block.size[0]}x{block.size[1]}) pair {p}: "
+                say(f"  block {block.index} ({block.size[0]}x{block.size[1]}) pair {p}: "
                     f"{c.n_in}x{c.n_out} filter-channels x {block.convs[p].n_in} inputs in {seconds:.2f} s"
                     + (f" (rank 0 of {size})" if size > 1 else ""))
 
@@ -449,7 +445,7 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
                                               title).items():
                 save_figure(fig, out / "figures" / f"{stem}.png", tracker=t)
         fr = {k.split("/")[1]: v for k, v in summary.items() if k.startswith("net/frac_")}
-        log(f"nesting of {meta['name']}: {int(summary['net/n'])} filter-channels in {seconds:.1f} s; "
+        say(f"nesting of {meta['name']}: {int(summary['net/n'])} filter-channels in {seconds:.1f} s; "
             + ", ".join(f"{k[5:]}={v:.3f}" for k, v in fr.items()) + f"; JSON {path}; MLflow run {t.run_id}")
         return path
 
@@ -559,6 +555,6 @@ def plot_documents(docs: Sequence[dict], *, out_dir: str | None = None, all_epoc
             path = write_json(base / gname / "aggregate.json", aggregate.to_jsonable(group_summary))
             t.log_artifact(path, f"aggregate/{gname}")
             summary[gname] = group_summary
-            log(f"{title}: {sum(len(v) for v in by_epoch.values())} documents, epochs {', '.join(epochs)}; "
+            say(f"{title}: {sum(len(v) for v in by_epoch.values())} documents, epochs {', '.join(epochs)}; "
                 f"figures in {base / gname}")
     return summary

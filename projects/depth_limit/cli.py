@@ -182,7 +182,7 @@ def landscape_render_cmd(
     settings = RenderSettings(steps=steps, res=res, seed=seed, cell_size=cell_size, batch_points=batch_points,
                               samples=samples, sample_seed=sample_seed, dtype=dtype)
     result = render_landscape(source, out_dir or _default_out("landscape", source), settings, dataset=dataset,
-                              data_path=data_path, fresh=fresh, plot=plot, run_name=run_name, echo=_echo)
+                              data_path=data_path, fresh=fresh, plot=plot, run_name=run_name)
     if "surface" in result:
         typer.echo(f"surface: {result['surface']} (min {result['min']:.5g}, max {result['max']:.5g}, centre "
                    f"{result['centre']:.5g}); run {result.get('run_id')}")

@@ -19,6 +19,7 @@ from projects.depth_limit import models as M
 from projects.depth_limit import paths as P
 from projects.depth_limit.curvefit import OmegaFit, fit_history
 from shared.errors import UsageError, check
+from shared.progress import say
 
 PROJECT = "depth_limit"
 FULL_BATCH = 2 ** 31 - 1  # a batch size larger than any split: one batch per epoch (the original's full-batch GD)
@@ -513,17 +514,22 @@ def write_cell(cells_dir: Path, index: int, values: np.ndarray) -> Path:
 
 
 def render_cells(evaluate: LS.BatchEvaluator, pending: list[LS.Cell], cells_dir: Path, steps: int,
-                 batch_points: int, rank: int = 0, size: int = 1, echo: Callable[[str], None] = print) -> int:
+                 batch_points: int, rank: int = 0, size: int = 1, echo: Callable[[str], None] = say) -> int:
     """Evaluate this rank's round-robin share of ``pending`` (the same list on every rank), writing each cell as it
     finishes; returns the number of cells this rank evaluated."""
+    from shared.progress import progress_bar
+
     todo = LS.assign_cells(pending, rank, size)
     t0 = time.perf_counter()
-    for k, cell in enumerate(todo):
-        write_cell(cells_dir, cell.index, LS.evaluate_cell(cell, steps, evaluate, batch_points))
-        if k == 0 and rank == 0 and len(todo) > 1:
-            per = (time.perf_counter() - t0) / max(cell.size, 1)
-            left = sum(c.size for c in todo[1:])
-            echo(f"  {per * 1e3:.2f} ms per grid point; about {per * left:.0f} s left on this rank")
+    with progress_bar(rank == 0) as bar:
+        task = bar.add_task("landscape cells", total=len(todo))
+        for k, cell in enumerate(todo):
+            write_cell(cells_dir, cell.index, LS.evaluate_cell(cell, steps, evaluate, batch_points))
+            bar.advance(task)
+            if k == 0 and rank == 0 and len(todo) > 1:
+                per = (time.perf_counter() - t0) / max(cell.size, 1)
+                left = sum(c.size for c in todo[1:])
+                echo(f"  {per * 1e3:.2f} ms per grid point; about {per * left:.0f} s left on this rank")
     return len(todo)
 
 
@@ -538,7 +544,7 @@ def load_cells(cells_dir: Path, plan: list[LS.Cell]) -> dict[int, np.ndarray]:
 
 def render_landscape(source: str, out_dir: str, settings: RenderSettings, *, dataset: str | None = None,
                      data_path: str | None = None, fresh: bool = False, plot: bool = True,
-                     run_name: str | None = None, echo: Callable[[str], None] = print) -> dict:
+                     run_name: str | None = None, echo: Callable[[str], None] = say) -> dict:
     """Render (or finish rendering) a surface into ``out_dir``; MPI ranks share the cells; rank 0 assembles,
     plots and logs the analysis run. Returns {'surface': path, 'run_id': ...} on rank 0."""
     from shared.files import ensure_writable_dir, write_json
@@ -674,7 +680,7 @@ def curve_fit_run(*, run: str | None, event_path: str | None, tag: str, filter_p
 
 def paths_run(kind: str, sources: list[str], *, beta: float, p: float, pvar_only: bool, ci: bool, z: float,
               entries: str | None, ext: str, out_dir: str, run_name: str | None = None,
-              echo: Callable[[str], None] = print) -> dict:
+              echo: Callable[[str], None] = say) -> dict:
     """``norm`` (curves of |L^beta W_k|, or with pvar_only the p-variation table) or ``weights`` (chosen entries)."""
     from projects.depth_limit import plots
     from shared.files import ensure_writable_dir, write_json

@@ -221,7 +221,7 @@ def sweep_cmd(*, o: opt.Values) -> None:
 
     dcfg, tcfg, opts = _configs(o)
     targets = _select(o, opts)
-    out = sweep(targets, dcfg, tcfg, opts, out_dir=o.out_dir, run_name=o.run_name, fresh=o.fresh, echo=typer.echo)
+    out = sweep(targets, dcfg, tcfg, opts, out_dir=o.out_dir, run_name=o.run_name, fresh=o.fresh)
     typer.echo(f"sweep run {out.parent_run_id}: {len(out.trained)} trained, {len(out.skipped)} already done, "
                f"{len(out.resumed)} resumed, {len(out.failed)} failed; CSV {out.csv_path}")
 
@@ -251,7 +251,7 @@ def optimize_cmd(
     dcfg, tcfg, opts = _configs(o)
     out = optimize(space, n_trials, dcfg, tcfg, opts, storage=storage, study_name=study_name,
                    sampler_seed=sampler_seed, pruner=pruner, pruner_warmup=pruner_warmup, grid=grid,
-                   reset_running=reset_running, run_name=o.run_name, echo=typer.echo)
+                   reset_running=reset_running, run_name=o.run_name)
     best = f"best BestVal {out.best_value:.2f}% at {out.best_params}" if out.best_value is not None else \
         "no trial completed"
     typer.echo(f"study {out.study_name} ({out.storage}), run {out.parent_run_id}: {out.n_complete} complete, "

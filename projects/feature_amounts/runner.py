@@ -35,6 +35,7 @@ from shared.errors import UsageError, check
 from shared.experiment import default_out_dir, run_training
 from shared.files import atomic_write, ensure_writable_dir
 from shared.plotting import save_figure
+from shared.progress import say
 from shared.tracking import Tracker, configure_tracking, list_run_artifacts, parse_run_ref, resolve_input
 from shared.train import Callback, TrainConfig
 
@@ -487,7 +488,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
                                    "chunks": math.ceil(d.batch_size / new), "peak_bytes": None})
         resume_run = record_cb.run_id
         resume_from = last_snapshot(resume_run, Path(out_dir) if out_dir else None)
-        print(f"{target.vid}: out of memory while training with micro-batches of {d.micro_batch} ({oom}); "
+        say(f"{target.vid}: out of memory while training with micro-batches of {d.micro_batch} ({oom}); "
               f"continuing run {resume_run} from {resume_from or 'the start'} with micro-batches of {new}")
 
 
@@ -563,7 +564,7 @@ class SweepOutcome:
 
 def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfig, opts: FAOptions, *,
           out_dir: str | Path | None = None, run_name: str | None = None, fresh: bool = False,
-          progress: bool = True, echo=print) -> SweepOutcome:
+          progress: bool = True, echo=say) -> SweepOutcome:
     """Train every target as a child run of one parent run; re-running the same command continues.
 
     Finished variants (``fa.complete`` with the same ``fa.train_key``) are skipped and their rows reused; an
@@ -724,7 +725,7 @@ class StudyOutcome:
 def optimize(space: str, n_trials: int, data_cfg: DataConfig, train_cfg: TrainConfig, opts: FAOptions, *,
              storage: str | None, study_name: str, sampler_seed: int = 0, pruner: str = "median",
              pruner_warmup: int = 1, grid: bool = False, reset_running: bool = True, run_name: str | None = None,
-             progress: bool = True, echo=print) -> StudyOutcome:
+             progress: bool = True, echo=say) -> StudyOutcome:
     """An Optuna study (TPE) over (mean, scale, skew) or per-layer widths; each trial one child run.
 
     ``storage`` (an Optuna URL, sqlite by default) keeps the study: running the command again continues it until

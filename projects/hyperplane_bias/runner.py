@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +25,7 @@ from shared.data import DATASETS, Data, DataConfig, load_data
 from shared.errors import UsageError, check
 from shared.files import ensure_writable_dir, load_snapshot, load_weights, write_json
 from shared.models import rebuild
+from shared.progress import say
 from shared.tracking import (Tracker, is_artifact_uri, list_run_artifacts, load_json_input, parse_run_ref,
                              resolve_input)
 from shared.train import Callback, KillPlateaus, TrainConfig, evaluate, resolve_device, seed_everything
@@ -42,10 +42,6 @@ from .reinit import (BN_MODES, fresh_layer_tensors, layer_tensors, reinit_docume
 IMAGE_SHAPES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "kmnist": (1, 28), "digits": (1, 28),
                 "cifar10": (3, 32), "cifar100": (3, 32), "imagenet": (3, 224)}
 MNIST_STD_OF_THE_ORIGINAL = (0.3015,)  # the original normalized MNIST with std 0.3015 (not 0.3081)
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def dataset_label(dataset: str, subsample_classes: int = 0) -> str:
@@ -374,7 +370,7 @@ def read_inits_list(path: str) -> list[str]:
         if q.exists() or s.startswith("runs:/"):
             out.append(str(q) if q.exists() else s)
         else:
-            _say(f"warning: {s} (listed in {p}) does not exist; skipped")
+            say(f"warning: {s} (listed in {p}) does not exist; skipped")
     check(bool(out), f"--inits-from {p} lists no existing snapshot")
     return out
 
@@ -413,7 +409,7 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
         snap, _ = fetch_snapshot(src, "checkpoint")
         key = str(int(snap["epoch"]) if _is_geomlab(snap) and "epoch" in snap else epoch_from_name(Path(src).stem))
         if key in checkpoints:
-            _say(f"warning: two checkpoints for epoch {key}; keeping {origin[key]}, skipping {src}")
+            say(f"warning: two checkpoints for epoch {key}; keeping {origin[key]}, skipping {src}")
             continue
         load_weights(scratch, snap)
         checkpoints[key] = layer_tensors(scratch.state_dict(), model, layers, source=src)
@@ -426,7 +422,7 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
         same = [k for k, ck in checkpoints.items() if k != "rand" and
                 all(torch.equal(ck[n][0], checkpoints["rand"][n][0]) for n in ck)]
         if same:
-            _say(f"warning: the --rand draw (seed {rand_seed}) equals checkpoint {same[0]}: it is the training run's "
+            say(f"warning: the --rand draw (seed {rand_seed}) equals checkpoint {same[0]}: it is the training run's "
                  "own initialization; pass another --seed for an independent draw")
     data = _data_for(trained, dataset, data_path, subsample_classes)
     X, y = _tensors(data.test, max_test)
