@@ -33,6 +33,7 @@ from shared.data import Data, data_params
 from shared.errors import UsageError, check
 from shared.files import ensure_writable_dir, load_snapshot, load_weights, save_snapshot
 from shared.models import model_spec
+from shared.metrics import topk_correct
 from shared.progress import progress_bar
 from shared.registry import Registry
 from shared.tracking import Tracker
@@ -166,11 +167,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
         n += b
         loss_sum += float(loss) * b
         if task == "classification":
-            k = min(5, out.shape[1])
-            top = out.topk(k, dim=1).indices
-            hit = top == y[:, None]
-            c1 += int(hit[:, 0].sum())
-            c5 += int(hit.any(1).sum())
+            a, b = topk_correct(out, y, (1, 5))
+            c1, c5 = c1 + a, c5 + b
     model.train(was_training)
     res = {"loss": loss_sum / max(n, 1)}
     if task == "classification":

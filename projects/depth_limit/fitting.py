@@ -14,6 +14,7 @@ from shared.data import DATASETS, DataConfig, load_data
 from shared.errors import check
 from shared.experiment import run_training
 from shared.files import atomic_write
+from shared.metrics import topk_accuracy
 from shared.train import Callback, TrainConfig
 
 PROJECT = "depth_limit"
@@ -237,7 +238,7 @@ class CifarStepLogger(Callback):
             logits.append(model(x.to(tr.device)).cpu())
             ys.append(y)
         lg, yy = torch.cat(logits), torch.cat(ys)
-        res = {"test_top1": M.topk_accuracy(lg, yy, 1), "test_top2": M.topk_accuracy(lg, yy, 2)}
+        res = {"test_top1": topk_accuracy(lg, yy, 1), "test_top2": topk_accuracy(lg, yy, 2)}
         pred = lg.argmax(1)
         for c in range(self.num_classes):
             mask = yy == c
