@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-import torch
 from torch import nn
 
 from shared.data import Data, DataConfig, load_data
@@ -174,8 +173,8 @@ def model_from_snapshot(snap: dict, arch: str | None = None, data: Data | None =
     spec = snap.get("model_spec") or {}
     if spec:
         if arch and arch != spec.get("arch"):
-            raise UsageError(f"snapshot {source} holds {spec.get('arch')}, not {arch}; drop --arch (geomlab snapshots "
-                             "know their architecture) or pass the right snapshot")
+            raise UsageError(f"snapshot {source} was written for architecture {spec.get('arch')!r}, not {arch!r}; drop "
+                             "--arch (geomlab snapshots know their architecture) or pass the right snapshot")
         model = rebuild(spec)
     elif not arch:
         raise UsageError(f"snapshot {source} does not say which architecture it holds (a checkpoint of the original "

@@ -20,13 +20,13 @@ from torch import nn
 
 from shared.data import DATASETS, Data, DataConfig, load_data
 from shared.errors import UsageError, check
-from shared.experiment import default_out_dir, load_model_from, read_snapshot, run_training
+from shared.experiment import default_out_dir, load_model_from, read_snapshot, run_ref, run_training
 from shared.experiment import run_snapshots as shared_run_snapshots
 from shared.files import ensure_writable_dir, load_weights, write_json, write_text
 from shared.models import rebuild
 from shared.plotting import save_figure
 from shared.progress import say
-from shared.tracking import Tracker, is_artifact_uri, list_run_artifacts, load_json_input, parse_run_ref
+from shared.tracking import Tracker, list_run_artifacts, load_json_input, parse_run_ref
 from shared.train import Callback, KillPlateaus, TrainConfig, evaluate, resolve_device, seed_everything
 
 from . import correlate as corr
@@ -424,11 +424,9 @@ def _factory(trained: Loaded) -> Callable[[], nn.Module]:
 
 def _reinit_doc(src: str) -> tuple[dict, str | None]:
     """A reinit JSON from a path or artifact URI, or from a reinit run (id or runs:/<id>: its reinit/*.json)."""
-    bare_run = src.startswith("runs:/") and "/" not in src[len("runs:/"):].strip("/")
-    looks_like_file = src.endswith(".json") or "/" in src or Path(src).expanduser().exists()
-    if not bare_run and (is_artifact_uri(src) or looks_like_file):
+    run_id = run_ref(src)
+    if run_id is None:
         return load_json_input(src, "re-initialization results")
-    run_id = parse_run_ref(src)
     arts = [a for a in list_run_artifacts(run_id, "reinit") if a.endswith(".json")]
     check(len(arts) == 1, f"run {run_id} has {len(arts)} re-initialization results (reinit/*.json); pass the run id "
           "of a `hyperplane-bias reinit` run or the JSON file itself")

@@ -47,3 +47,12 @@ def test_overwriting_keeps_content_atomic(tmp_path, umask):
     write_json(p, {"a": 2})
     assert p.read_text().strip().endswith("}") and '"a": 2' in p.read_text()
     assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_save_figure_closes_the_figure(tmp_path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = new_figure()
+    ax.plot([0, 1])
+    save_figure(fig, tmp_path / "f.png")
+    assert not plt.fignum_exists(fig.number)
