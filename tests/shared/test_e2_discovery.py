@@ -22,7 +22,9 @@ def test_adding_a_folder_adds_a_project(tmp_path, monkeypatch):
         "def zeta_net(num_classes, in_channels, input_size):\n"
         "    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * input_size * input_size, num_classes))\n")
     (pkg / "demo.py").write_text("def run_demo(out_dir):\n    pass\n")
-    monkeypatch.setattr(projects, "__path__", [*projects.__path__, str(tmp_path)])
+    roots = [*projects.__path__, str(tmp_path)]
+    monkeypatch.setattr(projects, "__path__", roots)
+    monkeypatch.setattr(projects.__spec__, "submodule_search_locations", roots)
     try:
         assert "zeta_lab" in project_names()
         assert project_modules("demo")["zeta_lab"] == "projects.zeta_lab.demo"
