@@ -1,8 +1,9 @@
 """`make demo`: every project's main job on the embedded `digits` data, as nested MLflow runs under one demo run.
 
-Run through MLflow (``mlflow run . -e demo --env-manager local``) or directly (``python -m shared.demo``). Each
-project contributes ``projects/<name>/demo.py: run_demo(out_dir)``; a project whose demo step fails is reported and
-the demo exits non-zero after running the others.
+Run through MLflow (``mlflow run . -e demo --env-manager local``) or directly (``python -m shared.demo``). The steps
+are ``shared`` (the root ``train``) and every project that has ``projects/<name>/demo.py: run_demo(out_dir)``
+(discovered, see :mod:`shared.projects`); a step that fails is reported and the demo exits non-zero after running
+the others. Progress goes to stderr; the summary of what was logged to stdout.
 """
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ import time
 import traceback
 from pathlib import Path
 
-STEPS = {
-    "shared": None,
-    "cone_geometry": "projects.cone_geometry.demo",
-    "hyperplane_bias": "projects.hyperplane_bias.demo",
-    "depth_limit": "projects.depth_limit.demo",
-    "feature_amounts": "projects.feature_amounts.demo",
-}
+from shared.errors import UsageError
+from shared.parsing import parse_choices
+from shared.progress import say
+
+
+
+def demo_steps() -> dict[str, str | None]:
+    """``{step: module}``: ``shared`` first, then every project with a ``demo.py``."""
+    from shared.projects import project_modules
+
+    return {"shared": None, **project_modules("demo")}
 
 
 def _shared_step(out_dir: Path) -> None:
@@ -35,6 +40,7 @@ def _shared_step(out_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    STEPS = demo_steps()
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--steps", default="all", help="comma-separated steps, or all: " + ", ".join(STEPS))
     ap.add_argument("--out-dir", default="outputs/demo")
@@ -45,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     from shared.tracking import Tracker, configure_tracking
 
     uri = configure_tracking()
-    steps = list(STEPS) if args.steps == "all" else [s.strip() for s in args.steps.split(",")]
-    unknown = [s for s in steps if s not in STEPS]
-    if unknown:
-        print(f"error: unknown demo step(s) {', '.join(unknown)}; use: {', '.join(STEPS)}", file=sys.stderr)
+    try:
+        steps = list(STEPS) if args.steps == "all" else parse_choices(args.steps, STEPS, "demo step")
+    except UsageError as e:
+        say(f"error: {e}")
         return 2
     out_dir = ensure_writable_dir(args.out_dir)
     failed: list[str] = []
@@ -58,25 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         demo_run = t.run_id
         for step in steps:
             t0 = time.perf_counter()
-            print(f"[demo] {step} ...", flush=True)
+            say(f"[demo] {step} ...")
             try:
                 if STEPS[step] is None:
                     _shared_step(out_dir / step)
                 else:
-                    try:
-                        mod = importlib.import_module(STEPS[step])
-                    except ModuleNotFoundError as e:
-                        if e.name == STEPS[step]:
-                            print(f"  (no demo step for {step} in this checkout)")
-                            continue
-                        raise
-                    mod.run_demo(ensure_writable_dir(out_dir / step))
+                    importlib.import_module(STEPS[step]).run_demo(ensure_writable_dir(out_dir / step))
             except Exception:
                 traceback.print_exc()
                 failed.append(step)
             dt = time.perf_counter() - t0
             t.log_metrics({f"demo_seconds_{step}": dt})
-            print(f"[demo] {step} done in {dt:.1f} s", flush=True)
+            say(f"[demo] {step} done in {dt:.1f} s")
         t.log_metrics({"demo_seconds_total": time.perf_counter() - t_all})
     client = MlflowClient()
     runs = client.search_runs([t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{demo_run}'",
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ui = f"mlflow ui --backend-store-uri {uri}" if db else "open your MLflow server's address"
     print(f"\n[demo] open the UI with:  {ui}   (then http://127.0.0.1:5000)")
     if failed:
-        print(f"[demo] FAILED steps: {', '.join(failed)}", file=sys.stderr)
+        say(f"[demo] FAILED steps: {', '.join(failed)}")
         return 1
     return 0
 

@@ -1,26 +1,34 @@
-"""Glue used by every project's ``train``-like command: data + model + MLflow run + Trainer, and snapshot inputs."""
+"""Glue used by every project's ``train``-like command: data + model + MLflow run + Trainer, and snapshot inputs.
+
+- :func:`default_out_dir`: the one rule for where a run writes its local files;
+- :func:`run_ref`, :func:`run_snapshots`, :func:`resolve_snapshot`: a run id or ``runs:/<id>`` to its snapshots;
+- :func:`read_snapshot`, :func:`load_model_from`, :func:`model_from_snapshot`: a snapshot (path, URI or run) to a
+  model; snapshots without a ``model_spec`` (the original code bases') go through a project's ``original`` hook.
+"""
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
-import torch
 from torch import nn
 
 from shared.data import Data, DataConfig, load_data
 from shared.errors import UsageError
 from shared.files import ensure_writable_dir, load_snapshot, load_weights
 from shared.models import build_model, rebuild
-from shared.tracking import Tracker, resolve_input
+from shared.tracking import Tracker, is_artifact_uri, list_run_artifacts, resolve_input
 from shared.train import Callback, FitResult, LossFn, TrainConfig, Trainer, run_params, seed_everything
 
 
 def default_out_dir(project: str, run_id: str | None) -> Path:
     """``$GEOMLAB_OUTPUT_DIR/<project>/<run id>``; by default ``outputs/`` beside the SQLite tracking store (so that
     ``mlflow run projects/<name>``, which runs inside the project folder, writes where it was launched), else in the
-    working directory."""
+    working directory. ``run_id`` may also be a stable key of resumable work (a landscape render's source)."""
     base = os.environ.get("GEOMLAB_OUTPUT_DIR")
     if not base:
         uri = os.environ.get("MLFLOW_TRACKING_URI", "")
@@ -83,24 +91,107 @@ def run_training(*, project: str, entry_point: str, arch: str | None, data_cfg: 
     return TrainOutcome(t.run_id, result, trainer, data, out)
 
 
-def load_model_from(source: str, arch: str | None = None, data: Data | None = None, project: str | None = None,
-                    **options) -> tuple[nn.Module, dict, str | None]:
-    """Load a snapshot (path or MLflow URI) into a model. Returns ``(model, snapshot, source_run_id)``.
+# ------------------------------------------------------------------------------------------------------------------
+# Snapshot inputs: runs, URIs and paths
 
-    The architecture comes from the snapshot itself when it was written by geomlab; ``arch`` (plus ``data`` for the
-    input shape) is needed for snapshots of the original code bases, and must agree with the snapshot otherwise.
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+SNAPSHOT_NAME = re.compile(r"epoch_(\d+)\.pt")
+
+
+def is_run_id(text: str) -> bool:
+    """Whether ``text`` has the form of an MLflow run id (32 hex digits)."""
+    return RUN_ID.fullmatch(str(text)) is not None
+
+
+def run_ref(source: str) -> str | None:
+    """The run id when ``source`` names a whole MLflow run (``<run id>`` or ``runs:/<run id>``), else None.
+
+    A local path that exists is never a run."""
+    s = str(source)
+    if s.startswith("runs:/"):
+        rest = s[len("runs:/"):].strip("/")
+        return rest if rest and "/" not in rest else None
+    return s if is_run_id(s) and not Path(s).exists() else None
+
+
+def snapshot_epoch(name: str) -> int | None:
+    """Completed epochs of a geomlab snapshot file name (``epoch_NNN.pt``), None for other names."""
+    m = SNAPSHOT_NAME.fullmatch(Path(name).name)
+    return int(m.group(1)) if m else None
+
+
+def run_snapshots(run_id: str) -> list[tuple[int | None, str]]:
+    """``(epoch, URI)`` of every snapshot a run logged under ``snapshots/``, by epoch (names that are not
+    ``epoch_NNN.pt`` last)."""
+    arts = [a for a in list_run_artifacts(run_id, "snapshots") if a.endswith((".pt", ".tar"))]
+    found = [(snapshot_epoch(a), f"runs:/{run_id}/{a}") for a in arts]
+    return sorted(found, key=lambda t: (t[0] if t[0] is not None else 10 ** 9, t[1]))
+
+
+def resolve_snapshot(source: str, what: str = "snapshot") -> str:
+    """A run (``<run id>`` or ``runs:/<run id>``) becomes its last snapshot's URI; paths and artifact URIs pass."""
+    rid = run_ref(source)
+    if rid is None:
+        return str(source)
+    snaps = run_snapshots(rid)
+    if not snaps:
+        raise UsageError(f"MLflow run {rid} has no snapshots (snapshots/epoch_NNN.pt); pass a {what} file or URI, or "
+                         "the id of a training run")
+    return snaps[-1][1]
+
+
+def read_snapshot(source: str, what: str = "snapshot") -> tuple[dict, str | None]:
+    """Load a snapshot (path, artifact URI or run); returns ``(snapshot, source_run_id)``. The temporary copy of a
+    downloaded artifact is deleted once read (a run's snapshots can be large and many)."""
+    source = resolve_snapshot(source, what)
+    path, run_id = resolve_input(source, what)
+    try:
+        return load_snapshot(path), run_id
+    finally:
+        if is_artifact_uri(source):
+            tmp = Path(tempfile.gettempdir()).resolve()
+            top = Path(path).resolve()
+            while top.parent != tmp and top.parent != top:
+                top = top.parent
+            if top.parent == tmp and top.name.startswith("geomlab-"):
+                shutil.rmtree(top, ignore_errors=True)
+
+
+# builds the model of a snapshot without a model_spec and loads its weights: original(snapshot, arch, data)
+OriginalLoader = Callable[[dict, str, "Data | None"], nn.Module]
+
+
+def model_from_snapshot(snap: dict, arch: str | None = None, data: Data | None = None, project: str | None = None,
+                        *, original: OriginalLoader | None = None, source: str = "", **options) -> nn.Module:
+    """The network a snapshot holds, with its weights.
+
+    geomlab snapshots rebuild themselves (``arch``, when given, must agree). Others (the original code bases') need
+    ``arch``: the project's ``original`` hook builds them (and converts their weights); without a hook ``arch`` is
+    built for ``data``.
     """
-    path, run_id = resolve_input(source, "snapshot")
-    snap = load_snapshot(path)
+    source = source or snap.get("path", "")
     spec = snap.get("model_spec") or {}
-    if spec and (arch is None or arch == spec.get("arch")):
+    if spec:
+        if arch and arch != spec.get("arch"):
+            raise UsageError(f"snapshot {source} was written for architecture {spec.get('arch')!r}, not {arch!r}; drop "
+                             "--arch (geomlab snapshots know their architecture) or pass the right snapshot")
         model = rebuild(spec)
-    elif arch is not None and data is not None:
+    elif not arch:
+        raise UsageError(f"snapshot {source} does not say which architecture it holds (a checkpoint of the original "
+                         "code?); pass --arch and --dataset")
+    elif original is not None:
+        return original(snap, arch, data)
+    elif data is not None:
         model = model_for(arch, data, project, **options)
-    elif arch is not None and spec:
-        model = build_model(arch, spec["num_classes"], spec["in_channels"], spec["input_size"], project=project,
-                            **options)
     else:
-        raise UsageError(f"snapshot {source} does not say which architecture it holds; pass --arch (and --dataset)")
+        raise UsageError(f"snapshot {source} does not say which architecture it holds; pass --arch and --dataset")
     load_weights(model, snap)
-    return model, snap, run_id
+    return model
+
+
+def load_model_from(source: str, arch: str | None = None, data: Data | None = None, project: str | None = None,
+                    *, original: OriginalLoader | None = None, **options) -> tuple[nn.Module, dict, str | None]:
+    """Load a snapshot (path, MLflow URI, or a run: its last snapshot) into a model.
+    Returns ``(model, snapshot, source_run_id)``; see :func:`model_from_snapshot`."""
+    snap, run_id = read_snapshot(source)
+    return model_from_snapshot(snap, arch, data, project, original=original, source=str(source), **options), snap, run_id

@@ -29,13 +29,29 @@ def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory")
     return p
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where Linux exposes it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file."""
+    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
+
+    The file gets the mode any newly created file gets (0666 less the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         write(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -45,11 +61,21 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
+def write_json(path: str | os.PathLike, obj: Any, **dump_options) -> Path:
+    """``obj`` as JSON (indent 1 unless ``dump_options`` say otherwise), written atomically and synced to disk."""
+    dump_options.setdefault("indent", 1)
+
     def w(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
+            json.dump(obj, f, **dump_options)
+            f.flush()
+            os.fsync(f.fileno())
     return atomic_write(path, w)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """``text`` written atomically."""
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_snapshot(path: str | os.PathLike, payload: dict) -> Path:

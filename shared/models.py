@@ -20,13 +20,6 @@ from shared.registry import Registry
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("architecture", "--arch")
 
-# Project modules that register models; imported lazily so that `geomlab` lists every architecture.
-PROJECT_MODEL_MODULES = (
-    "projects.cone_geometry.models",
-    "projects.hyperplane_bias.models",
-    "projects.depth_limit.models",
-    "projects.feature_amounts.models",
-)
 
 
 def register_model(name: str, project: str = "shared", **meta):
@@ -35,12 +28,12 @@ def register_model(name: str, project: str = "shared", **meta):
 
 
 def load_project_models() -> None:
-    for mod in PROJECT_MODEL_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    """Import every project's ``models.py`` (discovered, see :mod:`shared.projects`) so that its models register;
+    done lazily, on the first lookup of a name that is not registered yet."""
+    from shared.projects import project_modules
+
+    for mod in project_modules("models").values():
+        importlib.import_module(mod)
 
 
 def build_model(arch: str | None, num_classes: int, in_channels: int, input_size: int | tuple, *,

@@ -47,12 +47,5 @@ def world():
     return MPI.COMM_WORLD
 
 
-def split_range(n: int, size: int, rank: int) -> tuple[int, int]:
-    """Contiguous [start, stop) share of ``n`` items for ``rank`` of ``size``; sizes differ by at most one."""
-    base, extra = divmod(n, size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
 def is_root(comm=None) -> bool:
     return (comm or world()).Get_rank() == 0

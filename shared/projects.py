@@ -26,3 +26,8 @@ def project_modules(module: str) -> dict[str, str]:
 def cli_name(project: str) -> str:
     """A project's sub-command name: its folder name with dashes (cone_geometry -> cone-geometry)."""
     return project.replace("_", "-")
+
+
+def project_names() -> list[str]:
+    """The project folders, by name."""
+    return list(project_dirs())

@@ -85,8 +85,7 @@ class Tracker:
     # -- runs --------------------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def start(self, project: str, entry_point: str, *, run_name: str | None = None, params: dict | None = None,
-              tags: dict | None = None, parent_run_id: str | None = None, experiment: str | None = None,
-              run_id: str | None = None) -> Iterator["Tracker"]:
+              tags: dict | None = None, parent_run_id: str | None = None) -> Iterator["Tracker"]:
         """Open (or attach to) a run; closes it FAILED on an exception and FINISHED otherwise."""
         if not self.enabled:
             yield self
@@ -94,8 +93,8 @@ class Tracker:
         import mlflow
 
         configure_tracking()
-        exp = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "geomlab"
-        attach = run_id or self.reopen or (os.environ.get("MLFLOW_RUN_ID") if parent_run_id is None
+        exp = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "geomlab"
+        attach = self.reopen or (os.environ.get("MLFLOW_RUN_ID") if parent_run_id is None
                                            and not mlflow.active_run() else None)
         # `mlflow run` hands its run over in MLFLOW_RUN_ID: the first run opened here takes it; later runs of the same
         # process (and its children) must not re-open it, so the variable is consumed.

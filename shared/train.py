@@ -33,6 +33,7 @@ from shared.data import Data, data_params
 from shared.errors import UsageError, check
 from shared.files import ensure_writable_dir, load_snapshot, load_weights, save_snapshot
 from shared.models import model_spec
+from shared.metrics import topk_correct
 from shared.progress import progress_bar
 from shared.registry import Registry
 from shared.tracking import Tracker
@@ -166,11 +167,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "c
         n += b
         loss_sum += float(loss) * b
         if task == "classification":
-            k = min(5, out.shape[1])
-            top = out.topk(k, dim=1).indices
-            hit = top == y[:, None]
-            c1 += int(hit[:, 0].sum())
-            c5 += int(hit.any(1).sum())
+            a, b = topk_correct(out, y, (1, 5))
+            c1, c5 = c1 + a, c5 + b
     model.train(was_training)
     res = {"loss": loss_sum / max(n, 1)}
     if task == "classification":
@@ -439,8 +437,8 @@ class Trainer:
         n_batches = len(self.data.train)
         classification = self.data.task == "classification"
         with progress_bar(self.progress) as bar:
-            ep_task = bar.add_task("epochs", total=cfg.epochs, completed=self.epoch)
-            b_task = bar.add_task("batches", total=n_batches)
+            ep_task = bar.add_task("epoch", total=cfg.epochs, completed=self.epoch)
+            b_task = bar.add_task("batches", total=n_batches, quiet=True)
             while self.epoch < cfg.epochs and self._stop is None:
                 self.model.train()
                 t0 = time.perf_counter()
@@ -478,9 +476,9 @@ class Trainer:
                 if self.should_snapshot() or self._stop is not None:
                     self.save_snapshot()
                 self.tracker.flush()
-                bar.advance(ep_task)
                 desc = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train_loss", "val_acc", "test_acc"))
-                bar.update(ep_task, description=f"epoch {self.epoch}/{cfg.epochs} {desc}")
+                bar.update(ep_task, detail=desc)
+                bar.advance(ep_task)
         for cb in self.callbacks:
             cb.on_train_end(self)
         converged = self._stop is None

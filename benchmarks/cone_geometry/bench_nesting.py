@@ -25,11 +25,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "cone_geometry"))  # the test oracles
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from projects.cone_geometry import nesting, reference  # noqa: E402
+import cone_reference as reference  # noqa: E402
+from projects.cone_geometry import nesting  # noqa: E402
 from projects.cone_geometry.models import build, student_of  # noqa: E402
 
 

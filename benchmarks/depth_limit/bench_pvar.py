@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "depth_limit"))  # the test oracles
 
 from projects.depth_limit import pvar  # noqa: E402
 from projects.depth_limit.models import pvar_metrics  # noqa: E402
-from projects.depth_limit.reference import pvar_reference  # noqa: E402
+from depth_reference import pvar_reference  # noqa: E402
 
 # rust-pvar (Rust core, 1 thread) from peers-and-performance.md 1.3, seconds, p = 2.5
 RUST = {("bm", 1000, 1): 0.0007, ("bm", 10000, 1): 0.0095, ("bm", 100000, 1): 0.110, ("bm", 1000000, 1): 1.30,

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "hyperplane_bias"))  # the test oracles
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 from projects.hyperplane_bias.models import build_model  # noqa: E402
-from projects.hyperplane_bias.reference import reinit_sweep_naive, tensor_loader  # noqa: E402
+from hyper_reference import reinit_sweep_naive, tensor_loader  # noqa: E402
 from projects.hyperplane_bias.reinit import (fresh_layer_tensors, layer_tensors, reinit_layers_for,  # noqa: E402
                                              reinit_sweep)
 

@@ -16,8 +16,6 @@ import numpy as np
 from projects.cone_geometry.nesting import CONTINUOUS, STATE_NAMES
 from shared.errors import UsageError
 
-LEVELS = ("net", "blocks", "pairs")
-
 
 def _entries(doc: dict) -> list[list[list[dict]]]:
     try:

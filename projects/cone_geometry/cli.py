@@ -65,12 +65,9 @@ def _train_config(o: dict):
 
 
 def _epochs_list(text: Optional[str]) -> Optional[list[int]]:
-    if not text:
-        return None
-    try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise UsageError(f"--teacher-epochs must be comma-separated integers, e.g. 0,10,20; got {text!r}") from None
+    from shared.parsing import parse_int_list
+
+    return parse_int_list(text, "--teacher-epochs", "0,10,20")
 
 
 @app.command("train")

@@ -16,8 +16,8 @@ H x W zero image and flattening it row-major (for blocks smaller than the kernel
              S = I + cot(Delta) e_{D-1} e_0^T; rows of C and v normalized (zero rows left alone);
              rho = min_j arccos(<C_j, v_hat>), normalized rho_bar = 2 rho / pi.
 
-Closed form of the rotation (what :func:`triple_nesting` computes; the literal construction is in
-:mod:`projects.cone_geometry.reference`).  Only row 0 of R matters: every Givens rotation after the first leaves
+Closed form of the rotation (what :func:`triple_nesting` computes; the literal construction is in the test oracle
+``tests/cone_geometry/cone_reference.py``).  Only row 0 of R matters: every Givens rotation after the first leaves
 row 0 alone, so e_0^T R = e_0^T G_0 = (e_0 - e_1)^T / sqrt(2), and R^T e_{D-1} = 1 / sqrt(D).  Hence
 
     R^-1 S R = I + beta 1 (e_0 - e_1)^T,   beta = cot(Delta) / sqrt(2 D),
@@ -458,11 +458,6 @@ def conv_blocks(model: nn.Module, input_size: int | Sequence[int]) -> list[Block
             h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
             blocks.append(Block(len(blocks), (h, w)))
     return [b for b in blocks if b.convs]
-
-
-def pair_tasks(blocks: Sequence[Block]) -> list[tuple[int, int]]:
-    """(block position in ``blocks``, pair index) of every intra-block pair, in network order."""
-    return [(bi, p) for bi, b in enumerate(blocks) for p in range(len(b.pairs))]
 
 
 def split_range(n: int, parts: int, rank: int) -> tuple[int, int]:

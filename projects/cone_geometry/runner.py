@@ -5,11 +5,10 @@ Everything that reads files, talks to MLflow or draws lives here; the statistics
 from __future__ import annotations
 
 import re
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
@@ -19,11 +18,12 @@ from projects.cone_geometry.models import (ConeNet, build, check_init, convert_o
                                            student_of, teacher_name)
 from shared.data import DataConfig, load_data
 from shared.errors import UsageError, check
-from shared.experiment import default_out_dir, model_for, run_training
-from shared.files import SNAPSHOT_FORMAT, ensure_writable_dir, load_snapshot, load_weights, write_json
-from shared.models import rebuild
+from shared.experiment import (default_out_dir, model_for, model_from_snapshot, read_snapshot, resolve_snapshot, run_ref,
+                               run_snapshots, run_training)
+from shared.files import SNAPSHOT_FORMAT, ensure_writable_dir, load_weights, write_json
 from shared.plotting import save_figure
-from shared.tracking import Tracker, list_run_artifacts, load_json_input, parse_run_ref, resolve_input
+from shared.progress import say
+from shared.tracking import Tracker, list_run_artifacts, load_json_input, parse_run_ref
 from shared.train import KillPlateaus, TrainConfig
 
 PROJECT = "cone_geometry"
@@ -37,11 +37,6 @@ ORIGINAL_NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] =
 ORIGINAL_INPUTS = {"mnist": (1, 28), "fashion_mnist": (1, 28), "kmnist": (1, 28), "digits": (1, 28),
                    "cifar10": (3, 32), "cifar100": (3, 32)}
 OPTIMIZERS = ("sgd", "adam")
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -109,7 +104,7 @@ def train_runs(arch: str, data_cfg: DataConfig, train_cfg: TrainConfig, *, init:
             tags={"cone.run": r, "init": init}, run_name=run_name or f"{arch}-{data_cfg.dataset}-run{r}",
             snapshot_meta={"cone_run": r, "init": init})
         final = out.result.final
-        log(f"{arch} run {r}: {out.result.epochs_done} epochs, "
+        say(f"{arch} run {r}: {out.result.epochs_done} epochs, "
             + ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k in ("train_loss", "test_loss", "test_acc"))
             + ("" if out.result.converged else f" (stopped: {out.result.stop_reason})") + f"; MLflow run {out.run_id}")
         outcomes.append(out)
@@ -143,22 +138,10 @@ def _run_tags(run_id: str | None) -> dict:
         return {}
 
 
-def resolve_source(source: str, what: str) -> str:
-    """A run id (or ``runs:/<id>``) becomes its last snapshot's URI; paths and artifact URIs pass through."""
-    s = str(source)
-    bare = parse_run_ref(s) if s.startswith("runs:/") and s.rstrip("/").count("/") == 1 else s
-    if _RUN_ID.match(bare) and not Path(bare).exists():
-        snaps = [p for p in list_run_artifacts(bare, "snapshots") if p.endswith((".pt", ".tar"))]
-        if not snaps:
-            raise UsageError(f"MLflow run {bare} has no snapshots; pass a {what} file or URI")
-        return f"runs:/{bare}/{snaps[-1]}"
-    return s
-
-
 def load_source(source: str, what: str) -> LoadedSnapshot:
-    uri = resolve_source(source, what)
-    path, run_id = resolve_input(uri, what)
-    snap = load_snapshot(path)
+    uri = resolve_snapshot(source, what)
+    snap, run_id = read_snapshot(uri, what)
+    path = snap["path"]
     geomlab = snap.get("format") == SNAPSHOT_FORMAT
     stem = Path(str(path)).stem
     if geomlab:
@@ -188,30 +171,16 @@ def _original_model(arch: str, dataset: str, snap: dict, init: str = "x_gaussian
     return build(arch, num_classes, channels, size, init=init)
 
 
-def model_from_snapshot(loaded: LoadedSnapshot, arch: str | None, dataset: str | None,
-                        data: Any = None) -> torch.nn.Module:
-    """Rebuild the network a snapshot holds (geomlab snapshots know their arch; originals need ``arch``)."""
-    snap = loaded.snap
-    spec = snap.get("model_spec") or {}
-    if spec:
-        if arch and arch != spec.get("arch"):
-            raise UsageError(f"{loaded.source} holds {spec.get('arch')}, not {arch}; drop --arch or pass the right "
-                             "snapshot")
-        model = rebuild(spec)
-        load_weights(model, snap)
-        return model
-    if not arch:
-        raise UsageError(f"{loaded.source} does not say which architecture it holds (a checkpoint of the original "
-                         "code?); pass --arch and --dataset")
-    if data is not None:
-        model = model_for(arch, data, PROJECT)
-    else:
-        model = _original_model(arch, dataset or "cifar10", snap)
-    converted = dict(snap, model_state_dict=convert_original_state_dict(
-        {k.replace("module.", "", 1) if k.startswith("module.") else k: v
-         for k, v in snap["model_state_dict"].items()}, arch))
-    load_weights(model, converted)
-    return model
+def original_loader(dataset: str | None) -> Callable[[dict, str, Any], torch.nn.Module]:
+    """The hook of :func:`shared.experiment.model_from_snapshot` for checkpoints of the original code: the network
+    for ``data`` (or the dataset's input size), with the original's parameter names converted."""
+    def load(snap: dict, arch: str, data: Any) -> torch.nn.Module:
+        model = model_for(arch, data, PROJECT) if data is not None else _original_model(arch, dataset or "cifar10", snap)
+        converted = dict(snap, model_state_dict=convert_original_state_dict(
+            {k.replace("module.", "", 1) if k.startswith("module.") else k: v
+             for k, v in snap["model_state_dict"].items()}, arch))
+        return load_weights(model, converted)
+    return load
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -252,7 +221,8 @@ def distill(teacher: str, *, arch: str | None, data_options: dict, train_cfg: Tr
                            or "cifar10")
     data_cfg = make_data_config(**opts)
     data = load_data(data_cfg, seed=train_cfg.seed)
-    teacher_model = model_from_snapshot(loaded, t_arch, data_cfg.dataset, data)
+    teacher_model = model_from_snapshot(loaded.snap, t_arch, data, PROJECT, original=original_loader(data_cfg.dataset),
+                                        source=loaded.source)
     student = model_for(student_of(t_arch), data, PROJECT, init=init)
     loss = DistillLoss(teacher_model, temperature, alpha, kl_reduction)
     cfg = replace(train_cfg, snapshot_every=0, snapshot_all_until=0)  # init and final student, as the original
@@ -273,7 +243,7 @@ def distill(teacher: str, *, arch: str | None, data_options: dict, train_cfg: Tr
     snap_path = out.result.last_snapshot
     student_source = (f"runs:/{out.run_id}/snapshots/{snap_path.name}" if out.run_id and snap_path is not None
                       else str(snap_path))
-    log(f"Student_{t_arch} from teacher epoch {loaded.epoch or '?'}: test_acc={final.get('test_acc', float('nan')):.4f}"
+    say(f"Student_{t_arch} from teacher epoch {loaded.epoch or '?'}: test_acc={final.get('test_acc', float('nan')):.4f}"
         + ("" if out.result.converged else f" (stopped: {out.result.stop_reason})") + f"; MLflow run {out.run_id}")
     return DistillResult(out.run_id, student_source, loaded.epoch, loaded.run, out.result.converged,
                          final.get("test_acc"), t_arch)
@@ -286,11 +256,10 @@ def teacher_snapshots(teacher_run: str, epochs: Sequence[int] | None = None) -> 
         files = sorted([f for f in p.rglob("*") if f.suffix in (".pt", ".tar")], key=_snapshot_epoch_key)
         found = [(str(f), _epoch_of_name(f.name)) for f in files]
     else:
-        rid = parse_run_ref(teacher_run)
-        if not _RUN_ID.match(rid):
+        rid = run_ref(teacher_run)
+        if rid is None:
             raise UsageError(f"--teacher-run {teacher_run!r} is neither a folder of snapshots nor an MLflow run id")
-        arts = [a for a in list_run_artifacts(rid, "snapshots") if a.endswith((".pt", ".tar"))]
-        found = [(f"runs:/{rid}/{a}", _epoch_of_name(Path(a).name)) for a in sorted(arts, key=_snapshot_epoch_key)]
+        found = [(uri, e) for e, uri in run_snapshots(rid)]
     if epochs is not None:
         wanted = set(int(e) for e in epochs)
         found = [(s, e) for s, e in found if e is not None and e in wanted]
@@ -331,7 +300,7 @@ def distill_all(teacher_run: str, *, epochs: Sequence[int] | None = None, nestin
                        ) as parent:
         base = Path(out_dir) if out_dir else default_out_dir(PROJECT, parent.run_id)
         for k, src in enumerate(sources):
-            log(f"[distill-all] {k + 1}/{len(sources)}: {src}")
+            say(f"[distill-all] {k + 1}/{len(sources)}: {src}")
             res = distill(src, out_dir=str(base / f"student_{k:03d}"), **distill_kwargs)
             results.append(res)
             parent.log_metrics({"student_test_acc": res.test_acc if res.test_acc is not None else float("nan")},
@@ -397,7 +366,8 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
     if rank == 0:
         try:
             loaded = load_source(student, "student snapshot")
-            model = model_from_snapshot(loaded, student_of(arch) if arch else None, dataset)
+            model = model_from_snapshot(loaded.snap, student_of(arch) if arch else None, None, PROJECT,
+                                        original=original_loader(dataset), source=loaded.source)
             if not getattr(model, "is_student", False) and not any(
                     type(m).__name__ == "StudentConv" for m in model.modules()):
                 raise UsageError(f"{student} holds {getattr(model, 'arch', 'a network')}, a teacher; nesting needs a "
@@ -438,7 +408,7 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
         def report(bi: int, p: int, block: nesting.Block, seconds: float) -> None:
             if rank == 0 and progress:
                 c = block.convs[p + 1]
-                log(f"  block {block.index} ({block.size[0]}x{block.size[1]}) pair {p}: "
+                say(f"  block {block.index} ({block.size[0]}x{block.size[1]}) pair {p}: "
                     f"{c.n_in}x{c.n_out} filter-channels x {block.convs[p].n_in} inputs in {seconds:.2f} s"
                     + (f" (rank 0 of {size})" if size > 1 else ""))
 
@@ -462,7 +432,7 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
                                               title).items():
                 save_figure(fig, out / "figures" / f"{stem}.png", tracker=t)
         fr = {k.split("/")[1]: v for k, v in summary.items() if k.startswith("net/frac_")}
-        log(f"nesting of {meta['name']}: {int(summary['net/n'])} filter-channels in {seconds:.1f} s; "
+        say(f"nesting of {meta['name']}: {int(summary['net/n'])} filter-channels in {seconds:.1f} s; "
             + ", ".join(f"{k[5:]}={v:.3f}" for k, v in fr.items()) + f"; JSON {path}; MLflow run {t.run_id}")
         return path
 
@@ -504,8 +474,8 @@ def collect_documents(sources: Iterable[str]) -> list[dict]:
                 if isinstance(obj, dict) and "blocks" in obj:
                     docs.append(obj)
             continue
-        rid = parse_run_ref(src) if (src.startswith("runs:/") and src.rstrip("/").count("/") == 1) else src
-        if _RUN_ID.match(rid) and not p.exists():
+        rid = run_ref(src)
+        if rid is not None:
             tags = _run_tags(rid)
             if not tags:
                 raise UsageError(f"MLflow run {rid} not found; check the run id or MLFLOW_TRACKING_URI")
@@ -572,6 +542,6 @@ def plot_documents(docs: Sequence[dict], *, out_dir: str | None = None, all_epoc
             path = write_json(base / gname / "aggregate.json", aggregate.to_jsonable(group_summary))
             t.log_artifact(path, f"aggregate/{gname}")
             summary[gname] = group_summary
-            log(f"{title}: {sum(len(v) for v in by_epoch.values())} documents, epochs {', '.join(epochs)}; "
+            say(f"{title}: {sum(len(v) for v in by_epoch.values())} documents, epochs {', '.join(epochs)}; "
                 f"figures in {base / gname}")
     return summary

@@ -6,7 +6,6 @@ al.'s CIFAR ResNets with depth scaling), ``landscape render|plot``, ``paths norm
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -96,7 +95,7 @@ def fit_cmd(
 ) -> None:
     """Train the depth-limit ResNet with plain SGD; logs every step's p-variations, loss, Omega and lr to MLflow and
     the trained weights (weights/resnet_L.pth) as an artifact."""
-    from projects.depth_limit.runner import FitOptions, fit_data_config, run_fit
+    from projects.depth_limit.fitting import FitOptions, fit_data_config, run_fit
 
     opts = FitOptions(L=L, dim=dim, alpha=alpha, gamma=gamma, activation=activation, augmentation=update_rule,
                       init=init, init_convention=init_convention, p_loss=p_loss, loss_convention=loss_convention,
@@ -133,7 +132,7 @@ def resnet_cifar10_cmd(
     """Train a depth-scaled CIFAR ResNet (batch 128, SGD without momentum, random crops on training images only);
     logs Omega every step and the test top-1, per-sample top-2 and per-class accuracy. --lr overrides the
     learning-rate rule."""
-    from projects.depth_limit.runner import run_resnet_cifar10
+    from projects.depth_limit.fitting import run_resnet_cifar10
 
     out, test, eta = run_resnet_cifar10(L, dataset=o.dataset, data_path=o.data_path, epochs=o.epochs,
                                         batch_size=o.batch_size, alpha=alpha, lr=o.lr, seed=o.seed,
@@ -149,11 +148,6 @@ def resnet_cifar10_cmd(
 
 
 # -- landscape ---------------------------------------------------------------------------------------------------
-def _default_out(kind: str, source: str) -> str:
-    stem = re.sub(r"[^0-9A-Za-z_.-]+", "_", source.strip("/"))[-60:]
-    return str(Path("outputs") / "depth_limit" / kind / stem)
-
-
 @landscape_app.command("render")
 def landscape_render_cmd(
     source: Annotated[str, typer.Argument(help="Snapshot path, MLflow URI (runs:/<id>/snapshots/epoch_NNN.pt) or "
@@ -177,12 +171,12 @@ def landscape_render_cmd(
     """Render the loss surface around a trained model into --out-dir (cells/, surface.npy, figures; --fresh deletes
     finished cells and starts over). Interrupted renders
     resume where they stopped; under mpiexec the ranks share the cells."""
-    from projects.depth_limit.runner import RenderSettings, render_landscape
+    from projects.depth_limit.render import RenderSettings, render_landscape
 
     settings = RenderSettings(steps=steps, res=res, seed=seed, cell_size=cell_size, batch_points=batch_points,
                               samples=samples, sample_seed=sample_seed, dtype=dtype)
-    result = render_landscape(source, out_dir or _default_out("landscape", source), settings, dataset=dataset,
-                              data_path=data_path, fresh=fresh, plot=plot, run_name=run_name, echo=_echo)
+    result = render_landscape(source, out_dir, settings, dataset=dataset,
+                              data_path=data_path, fresh=fresh, plot=plot, run_name=run_name)
     if "surface" in result:
         typer.echo(f"surface: {result['surface']} (min {result['min']:.5g}, max {result['max']:.5g}, centre "
                    f"{result['centre']:.5g}); run {result.get('run_id')}")
@@ -197,17 +191,16 @@ def landscape_plot_cmd(
                                                   "surface).")] = None,
 ) -> None:
     """3-D surface and contour PNGs of a rendered surface."""
-    from projects.depth_limit.plots import plot_landscape
-    from projects.depth_limit.runner import load_surface
+    from projects.depth_limit.render import landscape_dir, load_surface, save_landscape_figures
     from shared.errors import check
 
     check(levels >= 1, f"--levels must be >= 1, got {levels}")
     check(res > 0, f"--res must be > 0, got {res}")
     s = load_surface(surface)
     prefix = Path(prefix) if prefix else (Path(surface).with_suffix("") if Path(surface).exists()
-                                    else Path(_default_out("landscape", surface)) / "landscape")
+                                    else landscape_dir(surface) / "landscape")
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    for f in plot_landscape(s, res, prefix, levels):
+    for f in save_landscape_figures(s, res, prefix, levels):
         typer.echo(f"figure: {f}")
 
 
@@ -232,10 +225,10 @@ def paths_norm_cmd(
     run_name: opt.RunName = None,
 ) -> None:
     """Mean over runs of |L^beta W_k|_F against k/L for every L, or (--pvar-only) the p-variation of the paths."""
-    from projects.depth_limit.runner import paths_run
+    from projects.depth_limit.analyses import paths_run
 
     res = paths_run("norm", sources, beta=beta, p=p_var, pvar_only=pvar_only, ci=ci, z=z, entries=None, ext=ext,
-                    out_dir=out_dir or _default_out("paths", "norm"), run_name=run_name, echo=_echo)
+                    out_dir=out_dir, run_name=run_name, echo=_echo)
     for f in res["figures"]:
         typer.echo(f"figure: {f}")
     typer.echo(f"depths {res['depths']}; run {res['run_id']}")
@@ -252,10 +245,10 @@ def paths_weights_cmd(
     run_name: opt.RunName = None,
 ) -> None:
     """Chosen entries L^beta W_k[i, j] against k/L, one figure per entry."""
-    from projects.depth_limit.runner import paths_run
+    from projects.depth_limit.analyses import paths_run
 
     res = paths_run("weights", sources, beta=beta, p=1.0, pvar_only=False, ci=False, z=1.96, entries=entries, ext=ext,
-                    out_dir=out_dir or _default_out("paths", "weights"), run_name=run_name, echo=_echo)
+                    out_dir=out_dir, run_name=run_name, echo=_echo)
     for f in res["figures"]:
         typer.echo(f"figure: {f}")
     typer.echo(f"depths {res['depths']}; run {res['run_id']}")
@@ -277,11 +270,11 @@ def curve_fit_cmd(
     run_name: opt.RunName = None,
 ) -> None:
     """Fit Omega(t) = C/(t+1)^rho or C/(t+T0)^rho; prints the parameters, SD and std error; writes a figure."""
-    from projects.depth_limit.runner import curve_fit_run
+    from projects.depth_limit.analyses import curve_fit_run
 
     fit, res = curve_fit_run(run=run, event_path=event_path, tag=tag, filter_period=filter_period,
                              window_size=window_size, scaling_x=scaling_x, infer_shift=infer_shift,
-                             out_dir=out_dir or _default_out("curve_fit", run or event_path or "input"),
+                             out_dir=out_dir,
                              run_name=run_name)
     names = ", ".join(fit.params)
     typer.echo(f"Estimated parameter values ({names}): " + " ".join(f"{v:.6g}" for v in fit.params.values()))

@@ -5,28 +5,31 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _fit(out_dir: Path, dataset: str, num_samples: int, lr: float, epochs: int, **options):
+    """A full-batch fit (seed 1234) with p-variation and Omega logged every step."""
+    from projects.depth_limit.fitting import FitOptions, fit_data_config, run_fit
+
+    cfg = fit_data_config(dataset, data_path="./data", batch_size=0, training_data_percentage=None,
+                          num_samples=num_samples, c=0.01, seed=1234, shuffle=False)
+    return run_fit(FitOptions(alpha=0.75, gamma=1.0, init="ntrunc", store_grad=True, **options), cfg, lr=lr,
+                   epochs=epochs, seed=1234, out_dir=str(out_dir / f"fit_{dataset}"),
+                   run_name=f"demo-depth-limit-{dataset}", progress=False)
+
+
 def run_demo(out_dir: Path) -> None:
-    from projects.depth_limit.runner import (FitOptions, RenderSettings, curve_fit_run, fit_data_config, paths_run,
-                                             render_landscape, run_fit)
+    from projects.depth_limit.analyses import curve_fit_run, paths_run
+    from projects.depth_limit.render import RenderSettings, render_landscape
 
     out_dir = Path(out_dir)
     quiet = lambda msg: None  # noqa: E731
 
     # 1. regression on the seed's 'sin' set (tiny x, as the original), full-batch GD
-    sin_opts = FitOptions(L=32, dim=2, alpha=0.75, gamma=1.0, init="ntrunc", store_grad=True)
-    sin_cfg = fit_data_config("sin", data_path="./data", batch_size=0, training_data_percentage=None,
-                              num_samples=2000, c=0.01, seed=1234, shuffle=False)
-    sin = run_fit(sin_opts, sin_cfg, lr=9.0, epochs=30, seed=1234, out_dir=str(out_dir / "fit_sin"),
-                  run_name="demo-depth-limit-sin", progress=False)
+    sin = _fit(out_dir, "sin", 2000, lr=9.0, epochs=30, L=32, dim=2)
     print(f"  sin: L=32 dim=2, 30 full-batch steps: train loss {sin.final['train_loss']:.4f}, "
           f"2-variation {sin.last_step['2.000-variation']:.4g} (run {sin.run_id})")
 
     # 2. classification on digits, full-batch GD with p-variation and Omega every step
-    dig_opts = FitOptions(L=24, dim=10, alpha=0.75, gamma=1.0, init="ntrunc", activation="tanh", store_grad=True)
-    dig_cfg = fit_data_config("digits", data_path="./data", batch_size=0, training_data_percentage=None,
-                              num_samples=1000, c=0.01, seed=1234, shuffle=False)
-    dig = run_fit(dig_opts, dig_cfg, lr=10.0, epochs=40, seed=1234, out_dir=str(out_dir / "fit_digits"),
-                  run_name="demo-depth-limit-digits", progress=False)
+    dig = _fit(out_dir, "digits", 1000, lr=10.0, epochs=40, L=24, dim=10, activation="tanh")
     print(f"  digits: L=24 dim=10, 40 full-batch steps: test accuracy {dig.final.get('test_acc', float('nan')):.3f}, "
           f"2-variation {dig.last_step['2.000-variation']:.4g} (run {dig.run_id})")
 

@@ -420,12 +420,6 @@ def cifar_lr(depth: int, alpha: float = 0.75, offset: float = 0.05) -> float:
     return float(depth) ** (alpha - (1.0 - alpha) - offset)
 
 
-def topk_accuracy(logits: torch.Tensor, target: torch.Tensor, k: int) -> float:
-    """Fraction of samples whose label is among their own top-k logits (the original checked the whole batch's)."""
-    topk = logits.topk(min(k, logits.shape[-1]), dim=-1).indices
-    return float((topk == target.reshape(-1, 1)).any(dim=-1).double().mean())
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # registration in the shared model registry
 
@@ -437,10 +431,8 @@ def _in_features(in_channels: int, input_size) -> int:
 
 
 def _register() -> None:
-    try:
-        from shared.models import MODELS, register_model
-    except ImportError:  # the shared registry is optional for the pure science
-        return
+    from shared.models import MODELS, register_model
+
     if "depth_limit_resnet" in MODELS:
         return
 

@@ -1,11 +1,9 @@
-"""Figures of depth_limit (an edge module: files in, PNG out)."""
+"""Figures of depth_limit: each function returns matplotlib figures; the callers save and log them."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 
-from shared.plotting import new_figure, save_figure
+from shared.plotting import new_figure
 
 
 def landscape_axes(steps: int, res: float) -> np.ndarray:
@@ -13,11 +11,10 @@ def landscape_axes(steps: int, res: float) -> np.ndarray:
     return (np.arange(steps) - steps // 2) * res
 
 
-def plot_landscape(surface: np.ndarray, res: float, prefix: Path, levels: int = 50) -> list[Path]:
-    """``<prefix>_surface.png`` (3-D surface, viridis) and ``<prefix>_contour.png`` (``levels`` contour levels)."""
+def plot_landscape(surface: np.ndarray, res: float, levels: int = 50) -> dict:
+    """``{"surface": 3-D surface (viridis), "contour": ``levels`` contour levels}``."""
     import matplotlib.pyplot as plt
 
-    prefix = Path(prefix)
     n = surface.shape[0]
     ax_vals = landscape_axes(n, res)
     X, Y = np.meshgrid(ax_vals, ax_vals)  # X varies along columns (d1), Y along rows (d2)
@@ -28,7 +25,7 @@ def plot_landscape(surface: np.ndarray, res: float, prefix: Path, levels: int = 
     ax.set_ylabel("d2")
     ax.set_zlabel("loss")
     ax.set_title(f"loss landscape ({n}x{n}, res {res:g})")
-    p1 = save_figure(fig, prefix.with_name(prefix.name + "_surface.png"))
+    surface_fig = fig
     fig, ax = new_figure(figsize=(5.5, 4.5))
     lv = levels if np.ptp(surface) > 0 else 1
     cs = ax.contour(X, Y, surface, levels=lv, cmap="viridis")
@@ -38,11 +35,10 @@ def plot_landscape(surface: np.ndarray, res: float, prefix: Path, levels: int = 
     ax.set_ylabel("d2")
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("loss contours")
-    p2 = save_figure(fig, prefix.with_name(prefix.name + "_contour.png"))
-    return [p1, p2]
+    return {"surface": surface_fig, "contour": fig}
 
 
-def plot_norm_curves(curves, beta: float, band: bool, path: Path) -> Path:
+def plot_norm_curves(curves, beta: float, band: bool):
     """Mean |L^beta W_k|_F against k/(L-1), one line per L, with the 95% band when ``band``."""
     import matplotlib.pyplot as plt
 
@@ -55,10 +51,10 @@ def plot_norm_curves(curves, beta: float, band: bool, path: Path) -> Path:
     ax.set_xlabel("k / L")
     ax.set_ylabel(rf"$\| L^{{{beta:g}}} W_k \|_F$")
     ax.legend(fontsize=8)
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_entry_curves(lines, entry: tuple[int, int], beta: float, path: Path) -> Path:
+def plot_entry_curves(lines, entry: tuple[int, int], beta: float):
     """L^beta W_k[i, j] against k/(L-1), one line per (L, run)."""
     fig, ax = new_figure(figsize=(6, 4))
     for L, label, x, y in lines:
@@ -67,10 +63,10 @@ def plot_entry_curves(lines, entry: tuple[int, int], beta: float, path: Path) ->
     ax.set_ylabel(rf"$L^{{{beta:g}}} W_k[{entry[0]},{entry[1]}]$")
     if len(lines) <= 12:
         ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_curve_fit(fit, tag: str, path: Path) -> Path:
+def plot_curve_fit(fit, tag: str):
     """The fitted points (orange crosses) and the fitted curve on a dense grid of the same x range."""
     fig, ax = new_figure(figsize=(6, 4))
     xx = np.linspace(0.0, float(fit.x.max()), 400)
@@ -84,4 +80,4 @@ def plot_curve_fit(fit, tag: str, path: Path) -> Path:
     ax.set_xlabel("step (t)")
     ax.set_ylabel(tag)
     ax.legend()
-    return save_figure(fig, path)
+    return fig

@@ -117,6 +117,24 @@ def choose_method(n: int, d: int, p: float) -> str:
     return "tree"
 
 
+def pvar_dp(path, p: float) -> tuple[float, list[int]]:
+    """The plain O(n^2) dynamic programme (``--pvar-method reference``): cum[0] = 0,
+    cum[j] = max_{m<j} cum[m] + |x_m - x_j|^p; returns (cum[n-1], the optimal partition)."""
+    x = as_path(path)
+    n = x.shape[0]
+    cum = np.zeros(n)
+    prev = np.zeros(n, dtype=np.int64)
+    for j in range(1, n):
+        cand = cum[:j] + np.linalg.norm(x[:j] - x[j], axis=1) ** p
+        m = int(np.argmax(cand))
+        cum[j] = cand[m]
+        prev[j] = m
+    part = [n - 1]
+    while part[-1] != 0:
+        part.append(int(prev[part[-1]]))
+    return float(cum[n - 1]), part[::-1]
+
+
 def partition_sum(path, partition, p: float) -> float:
     """sum_j |x_{t_{j+1}} - x_{t_j}|^p over a partition, computed directly from differences."""
     x = as_path(path)
@@ -141,9 +159,7 @@ def p_variation(path, p: float, *, method: str = "auto") -> PVariation:
     if n == 1:
         return PVariation(0.0, np.zeros(1, dtype=np.int64), p, "trivial")
     if method == "reference":
-        from projects.depth_limit.reference import pvar_reference
-
-        value, part = pvar_reference(x, p)
+        value, part = pvar_dp(x, p)
         return PVariation(float(value), np.asarray(part, dtype=np.int64), p, "reference")
     if p == 1.0 and method == "auto":
         part = np.arange(n, dtype=np.int64)
@@ -155,11 +171,6 @@ def p_variation(path, p: float, *, method: str = "auto") -> PVariation:
     else:
         part = _tree_partition(x, p)
     return PVariation(partition_sum(x, part, p), part, p, method)
-
-
-def p_variation_norm(path, p: float, *, method: str = "auto") -> float:
-    """``V_p(path) ** (1/p)``, the p-variation norm logged by the original code."""
-    return p_variation(path, p, method=method).norm
 
 
 # ---------------------------------------------------------------------------------------------------------------

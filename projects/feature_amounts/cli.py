@@ -69,7 +69,7 @@ NOT_HERE = ("optimizer", "lr_step", "lr_decay", "snapshot_every", "snapshot_all_
 
 
 def _opts(o: dict):
-    from .runner import FAOptions
+    from .config import FAOptions
 
     f = FAOptions(vgg_depth=o["vgg_depth"], patch_size=o["patch_size"], width_multiplier=o["width_multiplier"],
                   batch_norm=o["batch_norm"], dropout=o["dropout"], weight_init=o["init"],
@@ -82,7 +82,7 @@ def _opts(o: dict):
 
 
 def _configs(o: dict):
-    from .runner import make_data_config, make_train_config
+    from .config import make_data_config, make_train_config
 
     dcfg = make_data_config(o["dataset"], data_path=o["data_path"], patch_size=o["patch_size"],
                             normalize=o["normalize"], augmentation=o["augmentation"], channels=o["channels"],
@@ -109,7 +109,7 @@ def _floats(text: Optional[str], name: str):
 
 
 def _select(ns: dict, opts):
-    from .runner import Target, reference_target, variant_list
+    from .config import Target, reference_target, variant_list
     from .variants import select_variants
 
     ids = _floats(ns.get("ids"), "--ids")
@@ -131,7 +131,7 @@ def variants_cmd(
     output_format: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
 ) -> None:
     """List the valid skew-normal variants (index, id, mean, scale, skew, Parameters, widths)."""
-    from .runner import FAOptions
+    from .config import FAOptions
     from .variants import capacity
 
     check(output_format in ("table", "csv", "json"), f"unknown --format {output_format!r}; use table, csv or json")
@@ -180,7 +180,8 @@ def train_cmd(
     """Train one network (a variant, a given skew-normal, given widths, or the reference VGG) in one MLflow run."""
     from shared.data import load_data
 
-    from .runner import Target, parse_widths, reference_target, train_target, variant_list
+    from .config import Target, parse_widths, reference_target, variant_list
+    from .training import train_target
     from .variants import invalid_reason, make_variant
 
     dcfg, tcfg, opts = _configs(o)
@@ -217,11 +218,11 @@ def train_cmd(
              exclude=NOT_HERE + ("resume_from",))
 def sweep_cmd(*, o: opt.Values) -> None:
     """Train all variants (or a selection) as child runs of one parent run; re-run the same command to continue."""
-    from .runner import sweep
+    from .sweep_runs import sweep
 
     dcfg, tcfg, opts = _configs(o)
     targets = _select(o, opts)
-    out = sweep(targets, dcfg, tcfg, opts, out_dir=o.out_dir, run_name=o.run_name, fresh=o.fresh, echo=typer.echo)
+    out = sweep(targets, dcfg, tcfg, opts, out_dir=o.out_dir, run_name=o.run_name, fresh=o.fresh)
     typer.echo(f"sweep run {out.parent_run_id}: {len(out.trained)} trained, {len(out.skipped)} already done, "
                f"{len(out.resumed)} resumed, {len(out.failed)} failed; CSV {out.csv_path}")
 
@@ -246,12 +247,12 @@ def optimize_cmd(
     o: opt.Values,
 ) -> None:
     """Optuna study (TPE) maximizing the best validation accuracy; each trial is a child run; resumable."""
-    from .runner import optimize
+    from .optimize import optimize
 
     dcfg, tcfg, opts = _configs(o)
     out = optimize(space, n_trials, dcfg, tcfg, opts, storage=storage, study_name=study_name,
                    sampler_seed=sampler_seed, pruner=pruner, pruner_warmup=pruner_warmup, grid=grid,
-                   reset_running=reset_running, run_name=o.run_name, echo=typer.echo)
+                   reset_running=reset_running, run_name=o.run_name)
     best = f"best BestVal {out.best_value:.2f}% at {out.best_params}" if out.best_value is not None else \
         "no trial completed"
     typer.echo(f"study {out.study_name} ({out.storage}), run {out.parent_run_id}: {out.n_complete} complete, "
@@ -266,7 +267,7 @@ def plot_cmd(
     run_name: opt.RunName = None,
 ) -> None:
     """Accuracy against mean and skew (best over scales) and against parameter count, from a sweep."""
-    from .runner import plot
+    from .sweep_runs import plot
 
     run_id, paths = plot(source, out_dir=out_dir, run_name=run_name)
     typer.echo(f"plot run {run_id}: " + ", ".join(str(p) for p in paths))

@@ -23,8 +23,8 @@ def run_demo(out_dir: Path) -> None:
 
 
 def _run(out_dir: Path) -> None:
-    from projects.feature_amounts.runner import (FAOptions, Target, make_data_config, make_train_config, plot, sweep,
-                                                 variant_list)
+    from projects.feature_amounts.config import FAOptions, Target, make_data_config, make_train_config, variant_list
+    from projects.feature_amounts.sweep_runs import plot, sweep
 
     opts = FAOptions(patch_size=16, width_multiplier=0.1, split_cache=str(out_dir / "splits.json"))
     targets = [Target.of(v) for v in variant_list(opts) if v.index in DEMO_IDS]

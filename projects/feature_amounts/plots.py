@@ -1,7 +1,7 @@
 """Figures of a sweep: accuracy against the mean and skew of the feature distribution, and against capacity.
 
 Each function takes the sweep's records (dicts with the CSV columns) and returns a matplotlib figure; saving and
-logging happen in the runner.
+logging happen in sweep_runs.py.
 """
 from __future__ import annotations
 

@@ -31,7 +31,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from shared.errors import UsageError
+from shared.files import write_json
 
 OOM_MESSAGES = (
     "out of memory",  # CUDA ("CUDA out of memory."), MPS, XPU
@@ -298,19 +298,7 @@ class SplitCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             data = self._read_file()
             data[key] = dict(entry)
-            fd, tmp = tempfile.mkstemp(prefix=".splits-", suffix=".json.tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump(data, f, indent=1, sort_keys=True)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            write_json(self.path, data, indent=1, sort_keys=True)
 
 
 def device_name(device: torch.device | str) -> str:

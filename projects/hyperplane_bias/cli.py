@@ -143,12 +143,9 @@ def projections(
 
 
 def _epochs(value: str | None) -> list[int] | None:
-    if not value:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UsageError(f"--checkpoint-epochs takes comma-separated integers such as 0,1,2,5; got {value!r}") from None
+    from shared.parsing import parse_int_list
+
+    return parse_int_list(value, "--checkpoint-epochs", "0,1,2,5")
 
 
 @app.command("reinit")

@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from shared.errors import UsageError
+from shared.metrics import topk_correct
 
 from .projections import LayerRef, counted_layers
 
@@ -85,14 +86,6 @@ def zero_layer_tensors(model: nn.Module, layers: Sequence[LayerRef]) -> Checkpoi
 
 # --------------------------------------------------------------------------------------------------------------
 # evaluation
-
-def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks: Sequence[int]) -> list[int]:
-    """Number of samples whose label is among the top-k logits, for each k (k capped at the class count)."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices
-    hit = top.eq(y.view(-1, 1))
-    return [int(hit[:, :min(k, kmax)].any(dim=1).sum()) for k in ks]
-
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> dict[str, float]:

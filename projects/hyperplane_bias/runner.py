@@ -11,10 +11,6 @@ Each public function here is one CLI command (``cli.py`` only parses options) an
 from __future__ import annotations
 
 import copy
-import re
-import shutil
-import sys
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -24,10 +20,13 @@ from torch import nn
 
 from shared.data import DATASETS, Data, DataConfig, load_data
 from shared.errors import UsageError, check
-from shared.files import ensure_writable_dir, load_snapshot, load_weights, write_json
+from shared.experiment import default_out_dir, load_model_from, read_snapshot, run_ref, run_training
+from shared.experiment import run_snapshots as shared_run_snapshots
+from shared.files import ensure_writable_dir, load_weights, write_json, write_text
 from shared.models import rebuild
-from shared.tracking import (Tracker, is_artifact_uri, list_run_artifacts, load_json_input, parse_run_ref,
-                             resolve_input)
+from shared.plotting import save_figure
+from shared.progress import say
+from shared.tracking import Tracker, list_run_artifacts, load_json_input, parse_run_ref
 from shared.train import Callback, KillPlateaus, TrainConfig, evaluate, resolve_device, seed_everything
 
 from . import correlate as corr
@@ -42,10 +41,6 @@ from .reinit import (BN_MODES, fresh_layer_tensors, layer_tensors, reinit_docume
 IMAGE_SHAPES = {"mnist": (1, 28), "fashion_mnist": (1, 28), "kmnist": (1, 28), "digits": (1, 28),
                 "cifar10": (3, 32), "cifar100": (3, 32), "imagenet": (3, 224)}
 MNIST_STD_OF_THE_ORIGINAL = (0.3015,)  # the original normalized MNIST with std 0.3015 (not 0.3081)
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def dataset_label(dataset: str, subsample_classes: int = 0) -> str:
@@ -90,58 +85,28 @@ def _is_geomlab(snap: dict) -> bool:
     return bool(snap.get("model_spec"))
 
 
-def fetch_snapshot(source: str, what: str = "snapshot") -> tuple[dict, str | None]:
-    """Load a snapshot file or artifact URI; the temporary copy of a downloaded artifact is deleted after reading
-    (a run's snapshots can be large and many)."""
-    path, run_id = resolve_input(source, what)
-    try:
-        return load_snapshot(path), run_id
-    finally:
-        if is_artifact_uri(source):
-            tmp = Path(tempfile.gettempdir()).resolve()
-            top = Path(path).resolve()
-            while top.parent != tmp and top.parent != top:
-                top = top.parent
-            if top.parent == tmp and top.name.startswith("geomlab-"):
-                shutil.rmtree(top, ignore_errors=True)
-
-
 def load_trained(source: str, arch: str | None = None, dataset: str | None = None,
                  subsample_classes: int = 0) -> Loaded:
     """Load a snapshot: geomlab snapshots rebuild themselves; the original's files need --arch and --dataset."""
-    snap, run_id = fetch_snapshot(source)
-    stem = Path(str(source)).stem
-    if _is_geomlab(snap):
-        spec = snap["model_spec"]
-        if arch and canonical_arch(arch) != spec["arch"]:
-            raise UsageError(f"snapshot {source} holds a {spec['arch']}, not a {canonical_arch(arch)}; drop --arch "
-                             "(geomlab snapshots know their architecture)")
-        model = rebuild(spec)
-        epoch = int(snap.get("epoch", 0))
-        arch_name = spec["arch"]
-    else:
-        check(arch is not None, f"snapshot {source} does not say which architecture it holds (a file of the "
-              "original code?); pass --arch and --dataset")
-        arch_name = canonical_arch(arch)
-        model = build_model(arch_name, *model_shape(dataset, subsample_classes))
-        epoch = epoch_from_name(stem)
-    load_weights(model, snap)
+    def original(snap: dict, arch_name: str, data) -> nn.Module:
+        return load_weights(build_model(arch_name, *model_shape(dataset, subsample_classes)), snap)
+
+    arch_name = canonical_arch(arch) if arch else None
+    model, snap, run_id = load_model_from(source, arch_name, project=PROJECT, original=original)
+    stem = Path(snap["path"]).stem
+    epoch = int(snap.get("epoch", 0)) if _is_geomlab(snap) else epoch_from_name(stem)
     model.eval()
-    return Loaded(model, snap, str(source), stem, epoch, arch_name, run_id)
+    return Loaded(model, snap, str(source), stem, epoch, (snap.get("model_spec") or {}).get("arch") or arch_name, run_id)
 
 
 def run_snapshots(run: str) -> list[tuple[int, str]]:
     """(epoch, URI) of every snapshot of a training run, by epoch."""
     run_id = parse_run_ref(run)
-    out = []
-    for p in list_run_artifacts(run_id, "snapshots"):
-        m = re.fullmatch(r"snapshots/epoch_(\d+)\.pt", p)
-        if m:
-            out.append((int(m.group(1)), f"runs:/{run_id}/{p}"))
+    out = [(e, uri) for e, uri in shared_run_snapshots(run_id) if e is not None]
     if not out:
         raise UsageError(f"run {run_id} has no snapshots (snapshots/epoch_NNN.pt); pass the id of a training run "
                          "(geomlab hyperplane-bias train ...)")
-    return sorted(out)
+    return out
 
 
 def _data_for(loaded: Loaded, dataset: str | None, data_path: str | None, subsample_classes: int) -> Data:
@@ -201,8 +166,6 @@ def train(arch: str | None, data_cfg: DataConfig, train_cfg: TrainConfig, *, pre
           init_from: str | None = None, evaluate_only: str | None = None, out_dir: str | None = None,
           run_name: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Train (or only evaluate, ``evaluate_only`` = "test" | "train") one model; returns a summary dict."""
-    from shared.experiment import run_training
-
     arch = canonical_arch(arch)
     check(start_epoch >= 0, f"--start-epoch must be >= 0, got {start_epoch}")
     check(not (resume_from and init_from), "--resume-from and --init-from exclude each other: resume continues a "
@@ -217,7 +180,7 @@ def train(arch: str | None, data_cfg: DataConfig, train_cfg: TrainConfig, *, pre
     model = build_model(arch, data.num_classes, c, h if h == w else (h, w), pretrained=pretrained)
     source_run = None
     if init_from:
-        snap, source_run = fetch_snapshot(init_from, "--init-from snapshot")
+        snap, source_run = read_snapshot(init_from, "--init-from snapshot")
         load_weights(model, snap)
     if evaluate_only:
         return _evaluate_only(model, data, arch, data_cfg, train_cfg, evaluate_only, resume_from or init_from,
@@ -241,7 +204,7 @@ def train(arch: str | None, data_cfg: DataConfig, train_cfg: TrainConfig, *, pre
 
 def _evaluate_only(model, data, arch, data_cfg, train_cfg, which, source, run_name) -> dict[str, Any]:
     if source:
-        load_weights(model, fetch_snapshot(source)[0])
+        load_weights(model, read_snapshot(source)[0])
     dev = resolve_device(train_cfg.device)
     loader = data.test if which == "test" else data.train_eval
     res = evaluate(model.to(dev), loader, dev, data.task)
@@ -258,13 +221,11 @@ def _evaluate_only(model, data, arch, data_cfg, train_cfg, which, source, run_na
 def _init_state(init_from: str | None) -> tuple[dict | None, str | None]:
     if not init_from:
         return None, None
-    snap, run_id = fetch_snapshot(init_from, "--init-from snapshot")
+    snap, run_id = read_snapshot(init_from, "--init-from snapshot")
     return snap["model_state_dict"], run_id
 
 
 def _results_dir(results: str | None, tracker: Tracker, sub: str) -> Path:
-    from shared.experiment import default_out_dir
-
     base = Path(results) if results else default_out_dir(PROJECT, tracker.run_id)
     return ensure_writable_dir(base / sub, "results directory")
 
@@ -344,16 +305,8 @@ def _projections_over_run(run: str, init_from: str | None, opts: dict, results: 
         tr.set_tags({"arch": docs[-1]["arch"], "dataset": docs[-1]["dataset"]})
         for stat in ("mass", "mean"):
             fig = plots.projections_over_training(docs, stat)
-            _save_fig(fig, out_dir / f"projections_{stat}.png", tr)
+            save_figure(fig, out_dir / f"projections_{stat}.png", tr)
     return {"run_id": t.run_id, "documents": docs, "out_dir": str(out_dir)}
-
-
-def _save_fig(fig, path: Path, tracker: Tracker, artifact_path: str = "figures") -> Path:
-    from shared.files import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    tracker.log_artifact(path, artifact_path)
-    return path
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -374,7 +327,7 @@ def read_inits_list(path: str) -> list[str]:
         if q.exists() or s.startswith("runs:/"):
             out.append(str(q) if q.exists() else s)
         else:
-            _say(f"warning: {s} (listed in {p}) does not exist; skipped")
+            say(f"warning: {s} (listed in {p}) does not exist; skipped")
     check(bool(out), f"--inits-from {p} lists no existing snapshot")
     return out
 
@@ -413,14 +366,14 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
     origin: dict[str, str] = {}
     scratch = copy.deepcopy(model)  # receives each checkpoint's weights (checked against the architecture)
     for src in sources:
-        snap, _ = fetch_snapshot(src, "checkpoint")
+        snap, _ = read_snapshot(src, "checkpoint")
         if _same_weights(snap, trained.snap):  # e.g. --load-from is a local copy of the run's last snapshot
-            _say(f"note: {src} holds the trained model itself (--load-from {trained.source}); skipped, it is not a "
-                 "checkpoint to re-initialize from")
+            say(f"note: {src} holds the trained model itself (--load-from {trained.source}); skipped, it is not a "
+                "checkpoint to re-initialize from")
             continue
         key = str(int(snap["epoch"]) if _is_geomlab(snap) and "epoch" in snap else epoch_from_name(Path(src).stem))
         if key in checkpoints:
-            _say(f"warning: two checkpoints for epoch {key}; keeping {origin[key]}, skipping {src}")
+            say(f"warning: two checkpoints for epoch {key}; keeping {origin[key]}, skipping {src}")
             continue
         load_weights(scratch, snap)
         checkpoints[key] = layer_tensors(scratch.state_dict(), model, layers, source=src)
@@ -435,7 +388,7 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
         same = [k for k, ck in checkpoints.items() if k != "rand" and
                 all(torch.equal(ck[n][0], checkpoints["rand"][n][0]) for n in ck)]
         if same:
-            _say(f"warning: the --rand draw (seed {rand_seed}) equals checkpoint {same[0]}: it is the training run's "
+            say(f"warning: the --rand draw (seed {rand_seed}) equals checkpoint {same[0]}: it is the training run's "
                  "own initialization; pass another --seed for an independent draw")
     data = _data_for(trained, dataset, data_path, subsample_classes)
     X, y = _tensors(data.test, max_test)
@@ -466,7 +419,7 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
         write_json(out_dir / f"{name}.json", doc)
         tr.log_dict(doc, f"reinit/{name}.json")
         tr.log_metrics(reinit_metrics(doc))
-        _save_fig(plots.reinit_heatmap(doc), out_dir / f"{name}.png", tr)
+        save_figure(plots.reinit_heatmap(doc), out_dir / f"{name}.png", tr)
     return {"run_id": t.run_id, "document": doc, "out_dir": str(out_dir)}
 
 
@@ -488,11 +441,9 @@ def _factory(trained: Loaded) -> Callable[[], nn.Module]:
 
 def _reinit_doc(src: str) -> tuple[dict, str | None]:
     """A reinit JSON from a path or artifact URI, or from a reinit run (id or runs:/<id>: its reinit/*.json)."""
-    bare_run = src.startswith("runs:/") and "/" not in src[len("runs:/"):].strip("/")
-    looks_like_file = src.endswith(".json") or "/" in src or Path(src).expanduser().exists()
-    if not bare_run and (is_artifact_uri(src) or looks_like_file):
+    run_id = run_ref(src)
+    if run_id is None:
         return load_json_input(src, "re-initialization results")
-    run_id = parse_run_ref(src)
     arts = [a for a in list_run_artifacts(run_id, "reinit") if a.endswith(".json")]
     check(len(arts) == 1, f"run {run_id} has {len(arts)} re-initialization results (reinit/*.json); pass the run id "
           "of a `hyperplane-bias reinit` run or the JSON file itself")
@@ -527,9 +478,9 @@ def correlate(*, reinit_src: str, projections_src: str | None = None, checkpoint
                          "checkpoint": result["checkpoint"]}) as tr:
         out_dir = _results_dir(results, tr, "correlate")
         write_json(out_dir / "correlate.json", result)
-        (out_dir / "table.txt").write_text(table + "\n")
+        write_text(out_dir / "table.txt", table + "\n")
         tr.log_dict(result, "correlate/correlate.json")
         tr.log_text(table + "\n", "correlate/table.txt")
         tr.log_metrics(corr.correlation_metrics(result))
-        _save_fig(plots.correlation_figure(result), out_dir / "correlation.png", tr)
+        save_figure(plots.correlation_figure(result), out_dir / "correlation.png", tr)
     return {"run_id": t.run_id, "result": result, "table": table, "out_dir": str(out_dir)}

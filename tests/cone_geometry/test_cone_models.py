@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from projects.cone_geometry import models, reference
+import cone_reference as reference
+from projects.cone_geometry import models
 from projects.cone_geometry.models import StudentConv, build
 from shared.errors import UsageError
 

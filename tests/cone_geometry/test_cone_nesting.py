@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from projects.cone_geometry import nesting, reference
+import cone_reference as reference
+from projects.cone_geometry import nesting
 from projects.cone_geometry.models import build
 from projects.cone_geometry.nesting import (IN_FULL_OUT, IN_PARTIAL_OUT, OUT_FULL_IN, OUT_PARTIAL_IN,
                                             pair_nesting, pairwise_nesting)

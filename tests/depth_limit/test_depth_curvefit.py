@@ -7,7 +7,7 @@ import pytest
 from projects.depth_limit import curvefit as CF
 from projects.depth_limit import tfevents as TE
 from depth_helpers import _crc32c_bitwise, _event, _record, _simple, _tensor
-from projects.depth_limit.reference import clean_series_reference
+from depth_reference import clean_series_reference
 from shared.errors import UsageError
 
 

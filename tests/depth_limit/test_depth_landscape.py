@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from projects.depth_limit import landscape as LS
 from projects.depth_limit.models import DepthLimitResNet
-from projects.depth_limit.reference import surface_reference
+from depth_reference import surface_reference
 from shared.errors import UsageError
 
 

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from projects.depth_limit import models as M
 from projects.depth_limit.pvar import p_variation
-from projects.depth_limit.reference import (init_values_reference, macro_scores_reference, omega_reference,
+from depth_reference import (init_values_reference, macro_scores_reference, omega_reference,
                                             pvar_reference, resnet_forward_reference)
 from shared.errors import UsageError
+from shared.metrics import topk_accuracy
 
 
 @pytest.mark.parametrize("init", M.INITS)
@@ -163,5 +164,5 @@ def test_topk_accuracy_is_per_sample():
     logits = torch.tensor([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
     target = torch.tensor([1, 0, 1])
     # sample 0: top2 {0,1} contains 1; sample 1: top2 {2,1} lacks 0; sample 2: top2 {0,2} lacks 1
-    assert M.topk_accuracy(logits, target, 2) == pytest.approx(1 / 3)
-    assert M.topk_accuracy(logits, target, 1) == pytest.approx(0.0)
+    assert topk_accuracy(logits, target, 2) == pytest.approx(1 / 3)
+    assert topk_accuracy(logits, target, 1) == pytest.approx(0.0)

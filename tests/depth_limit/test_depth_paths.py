@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from projects.depth_limit import paths as P
-from projects.depth_limit.reference import pvar_reference
+from depth_reference import pvar_reference
 from shared.errors import UsageError
 
 

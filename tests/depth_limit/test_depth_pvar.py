@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from projects.depth_limit import pvar
-from projects.depth_limit.reference import pvar_bruteforce, pvar_reference
+from depth_reference import pvar_bruteforce, pvar_reference
 from shared.errors import UsageError
 
 METHODS = ("dense", "tree", "auto")

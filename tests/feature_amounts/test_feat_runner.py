@@ -1,10 +1,12 @@
-"""Pure pieces of the runner: data options as the original, keys, targets, the single-sample BN fallback."""
+"""Pure pieces of config / callbacks / training: data options as the original, keys, targets, the single-sample BN fallback."""
 import math
 
 import pytest
 import torch
 
-from projects.feature_amounts import runner as Rn
+from projects.feature_amounts import callbacks as Cb
+from projects.feature_amounts import config as Rn
+from projects.feature_amounts import training as Tr
 from projects.feature_amounts.models import feature_vgg
 from shared.errors import UsageError
 
@@ -56,7 +58,7 @@ def test_single_sample_chunk_uses_running_bn_statistics():
     x, y = torch.randn(1, 1, 8, 8), torch.tensor([1])
     with pytest.raises(ValueError):
         m(x)  # PyTorch refuses BatchNorm1d training on one sample
-    loss, out = Rn.trainer_loss(m, x, y)
+    loss, out = Cb.trainer_loss(m, x, y)
     loss.backward()
     assert m.training and all(b.training for b in m.modules() if isinstance(b, torch.nn.BatchNorm1d))
     expected = m.eval()(x)
@@ -87,7 +89,7 @@ def test_out_of_memory_during_training_halves_split_and_continues(mlflow_store, 
     dcfg = Rn.make_data_config("digits", patch_size=16, train_fraction=0.25)
     tcfg = Rn.make_train_config(epochs=3)
     data = load_data(dcfg)
-    res = Rn.train_target(Rn.Target.of(Rn.variant_list(opts)[0]), data, dcfg, tcfg, opts, progress=False)
+    res = Tr.train_target(Rn.Target.of(Rn.variant_list(opts)[0]), data, dcfg, tcfg, opts, progress=False)
     rec = res.record
     assert rec["EpochsDone"] == 3 and rec["MicroBatch"] == 32 and rec["Chunks"] == 4 and len(rec["AllVal"]) == 3
     c = MlflowClient()

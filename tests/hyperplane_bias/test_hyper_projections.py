@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from projects.hyperplane_bias import reference as ref
+import hyper_reference as ref
 from projects.hyperplane_bias.models import build_model
 from projects.hyperplane_bias.projections import (LayerRef, counted_layers, epoch_from_name, filter_projections,
                                                   mass, projection_metrics, projection_statistics,

@@ -8,7 +8,7 @@ import torch
 from hyper_helpers import make_tiny_bn, self_labelled
 from matplotlib.figure import Figure
 
-from projects.hyperplane_bias import reference as ref
+import hyper_reference as ref
 from projects.hyperplane_bias.models import build_model
 from projects.hyperplane_bias.plots import heatmap_matrix, reinit_heatmap
 from projects.hyperplane_bias.reinit import (FoldedLinear, _make_plan, evaluate, fresh_layer_tensors,

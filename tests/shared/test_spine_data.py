@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from helpers import write_cifar_like, write_mnist_like
-from shared.data import (DataConfig, apply_pixel_permutations, corrupt_labels, gcn, load_data, pixel_permutations,
-                         random_crop_flip, sin_dataset, validation_split)
+from shared.data import DataConfig, corrupt_labels, load_data, validation_split
+from shared.datasets import sin_dataset
+from shared.loaders import apply_pixel_permutations, gcn, pixel_permutations, random_crop_flip
 from shared.errors import UsageError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

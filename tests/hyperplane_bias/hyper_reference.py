@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .projections import LayerRef
+from projects.hyperplane_bias.projections import LayerRef
 
 
 def projection_of_filter(values: Sequence[float], normalize: bool) -> float:

@@ -1,4 +1,4 @@
-"""Literal, obviously-correct reference implementations of this project's statistics.
+"""Test oracles: literal, obviously-correct reference implementations of depth_limit's statistics.
 
 Nothing here is fast: each function is the definition written out, for small inputs, so the fast versions in
 ``pvar``, ``models``, ``landscape``, ``paths`` and ``curvefit`` can be tested against it.
@@ -39,21 +39,8 @@ def pvar_bruteforce(path, p: float) -> float:
     return best
 
 
-def pvar_reference(path, p: float) -> tuple[float, list[int]]:
-    """The plain O(n^2) DP: cum[0] = 0, cum[j] = max_{m<j} cum[m] + |x_m - x_j|^p; returns (cum[n-1], partition)."""
-    x = _points(path)
-    n = x.shape[0]
-    cum = np.zeros(n)
-    prev = np.zeros(n, dtype=np.int64)
-    for j in range(1, n):
-        cand = cum[:j] + np.linalg.norm(x[:j] - x[j], axis=1) ** p
-        m = int(np.argmax(cand))
-        cum[j] = cand[m]
-        prev[j] = m
-    part = [n - 1]
-    while part[-1] != 0:
-        part.append(int(prev[part[-1]]))
-    return float(cum[n - 1]), part[::-1]
+# the plain O(n^2) DP is user-facing (--pvar-method reference); it is checked against pvar_bruteforce
+from projects.depth_limit.pvar import pvar_dp as pvar_reference  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------------------------
