@@ -3,12 +3,12 @@
 Everything that talks to MLflow, Optuna or the file system lives here; the science is in ``variants``, ``models``,
 ``sgdr``, ``splitting``, ``results`` and ``plots``.
 
-Runs and tags (all under the MLflow experiment ``geomlab`` unless MLFLOW_EXPERIMENT_NAME says otherwise):
+Runs and tags (all under the MLflow experiment ``feature_amounts`` unless MLFLOW_EXPERIMENT_NAME says otherwise):
 
 * a variant's training run: tags ``fa.role=variant``, ``fa.variant_id``, ``fa.train_key`` (hash of every setting
   that changes the result), ``fa.complete=1`` once its summary is logged; params Filters, Mean, Variance, Skew;
-  metrics per epoch (the shared Trainer's ``train_acc``, ``test_acc``/``val_acc``, ...) and, at the end, Parameters,
-  BestVal, BestValsTrain, BestEpoch, LastValPrec, LastTrainPrec; artifact ``feature_amounts/result.json`` (the CSV
+  metrics per epoch (the shared Trainer's ``train_acc``, ``test_acc``/``val_acc``, ...) and, at the end, once,
+  ``best_val_acc``, ``best_val_train_acc`` (fractions), ``best_epoch``, ``parameters``, ``true_parameters``; artifact ``feature_amounts/result.json`` (the CSV
   row); tags ``split.*`` (the micro-batch split used);
 * a sweep's parent run: ``fa.role=sweep``, ``fa.sweep_key``; artifact ``feature_amounts/sweep.csv``;
 * a study's parent run: ``fa.role=study``, ``fa.study``; each trial a variant run with ``fa.trial``.
@@ -361,6 +361,17 @@ class SnapshotPruner(Callback):
             self._delete(tr, files)
 
 
+def summary_metrics(rec: dict) -> dict:
+    """The CSV row's summary values as MLflow metrics, in the units and names of every project: accuracies as
+    fractions, ``best_epoch`` counted like the metrics' steps (epochs completed). The last epoch's accuracies are the
+    per-epoch ``val_acc`` / ``train_acc`` curves already (the percent columns stay in the CSV and result.json)."""
+    pct = lambda v: None if v is None else float(v) / 100.0  # noqa: E731
+    out = {"best_val_acc": pct(rec.get("BestVal")), "best_val_train_acc": pct(rec.get("BestValsTrain")),
+           "best_epoch": None if rec.get("BestEpoch") is None else int(rec["BestEpoch"]) + 1,
+           "parameters": rec.get("Parameters"), "true_parameters": rec.get("TrueParameters")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def delete_run_artifacts(run_id: str, paths: Sequence[str]) -> None:
     """Delete artifacts of a run where the store supports it (local and proxied stores); silently keep otherwise."""
     try:
@@ -399,9 +410,7 @@ class RecordCallback(Callback):
             EpochsDone=tr.epoch, StopReason=stop, MicroBatch=d.micro_batch if d else None,
             Chunks=d.chunks if d else None, RunId=tr.tracker.run_id)
         self.record = rec
-        tr.tracker.log_metrics({k: rec[k] for k in ("Parameters", "BestVal", "BestValsTrain", "BestEpoch",
-                                                    "LastValPrec", "LastTrainPrec", "TrueParameters")},
-                               step=tr.epoch)
+        tr.tracker.log_metrics(summary_metrics(rec), step=tr.epoch)
         tr.tracker.log_dict(rec, RESULT_JSON)
         tr.tracker.flush()
         tr.tracker.set_tags({"fa.complete": "1", **({"fa.stop_reason": stop} if stop else {})})
@@ -660,7 +669,7 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
         _write_csv(t, outcome)
         if outcome.records:
             best = max(outcome.records, key=lambda r: r["BestVal"])
-            t.log_metrics({"sweep_best_val": best["BestVal"], "sweep_done": len(outcome.records),
+            t.log_metrics({"best_val_acc": best["BestVal"] / 100.0, "sweep_done": len(outcome.records),
                            "sweep_failed": len(outcome.failed)})
             t.set_tags({"sweep.best_variant": best.get("VariantId")})
     return outcome
