@@ -111,7 +111,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _cause(e: BaseException) -> str:
     """The innermost useful one-line description of an exception (SQLAlchemy and MLflow wrap the real cause)."""
     seen = e
-    while seen.__cause__ is not None or seen.__context__ is not None:
+    while not (isinstance(seen, OSError) and seen.strerror) and (seen.__cause__ is not None
+                                                                 or seen.__context__ is not None):
         nxt = seen.__cause__ or seen.__context__
         if isinstance(nxt, OSError) or "sqlite3" in type(nxt).__module__:
             seen = nxt
