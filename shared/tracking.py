@@ -227,7 +227,7 @@ def prepare_store(experiment: str | None = None, *, uri: str | None = None, atte
                 if experiment:
                     exp = client.get_experiment_by_name(experiment)
                     if exp is None:
-                        eid = client.create_experiment(experiment)
+                        eid = client.create_experiment(experiment, tags=runs_view_tags())
                     elif exp.lifecycle_stage == "deleted":
                         raise UsageError(f"MLflow experiment {experiment!r} is deleted in {uri}; restore it "
                                          f"(mlflow experiments restore --experiment-id {exp.experiment_id}) or set "
@@ -248,6 +248,18 @@ def prepare_store(experiment: str | None = None, *, uri: str | None = None, atte
         raise UsageError(f"cannot reach the MLflow tracking server {uri} ({_cause(last)}); check that it is running "
                          "(curl <server>/health) and MLFLOW_TRACKING_URI") from None
     raise store_error(last, "opening it", uri) from None
+
+
+# The runs table of a geomlab experiment, as an MLflow UI shared view: open
+# ``#/experiments/<id>/runs?viewStateShareKey=geomlab`` to see the dataset, model and the shared metric columns.
+RUNS_VIEW_KEY = "geomlab"
+RUNS_VIEW_COLUMNS = ("attributes.`Dataset`", "attributes.`Models`", "attributes.`Source`", "metrics.`test_acc`",
+                     "metrics.`val_acc`", "metrics.`train_loss`", "metrics.`train_acc`")
+
+
+def runs_view_tags() -> dict:
+    view = {"selectedColumns": list(RUNS_VIEW_COLUMNS), "orderByKey": "attributes.start_time", "orderByAsc": False}
+    return {f"mlflow.sharedViewState.{RUNS_VIEW_KEY}": json.dumps(view)}
 
 
 def _permanent(e: BaseException) -> bool:
@@ -567,9 +579,8 @@ class Tracker:
             return
         try:
             local.mkdir(parents=True, exist_ok=True)
-            fd, probe = tempfile.mkstemp(dir=local, prefix=".write-test-")
-            os.close(fd)
-            os.unlink(probe)
+            if not os.access(local, os.W_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(local))
         except OSError as e:
             raise artifact_error(e, "opening the run", str(local)) from None
 
