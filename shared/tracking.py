@@ -268,6 +268,18 @@ def _permanent(e: BaseException) -> bool:
                                   "disk is full", "not a database"))
 
 
+def retry_busy(write, attempts: int = 8):
+    """Call ``write()``, retried with back-off while SQLite reports a busy (locked) database: concurrent workers on one
+    store take turns instead of failing."""
+    for attempt in range(attempts):
+        try:
+            return write()
+        except Exception as e:  # noqa: BLE001
+            if attempt == attempts - 1 or "locked" not in _cause(e).lower():
+                raise
+            time.sleep(min(0.2 * 2 ** attempt, 5.0))
+
+
 def experiment_for(project: str) -> str:
     return EXPERIMENTS.get(project, project)
 
@@ -498,7 +510,7 @@ class Tracker:
                     prepare_store(uri=uri)
                     eid = env_id
                 nested = mlflow.active_run() is not None and parent_run_id is None
-                run = self._start_with_retry(lambda: mlflow.start_run(
+                run = retry_busy(lambda: mlflow.start_run(
                     experiment_id=eid, run_name=name, parent_run_id=parent_run_id, nested=nested,
                     log_system_metrics=sysm))
         except UsageError:
@@ -522,17 +534,6 @@ class Tracker:
             raise
         finally:
             self._close(status)
-
-    @staticmethod
-    def _start_with_retry(start, attempts: int = 5):
-        """``mlflow.start_run``, retried with back-off while SQLite reports a busy database (concurrent workers)."""
-        for attempt in range(attempts):
-            try:
-                return start()
-            except Exception as e:  # noqa: BLE001
-                if attempt == attempts - 1 or "locked" not in _cause(e).lower():
-                    raise
-                time.sleep(0.2 * 2 ** attempt)
 
     def _name_for(self, entry_point: str, params: dict | None, tags: dict) -> str:
         extra = {}
@@ -564,7 +565,7 @@ class Tracker:
                 status = "FAILED"
                 break
         try:
-            mlflow.end_run(status=status)
+            retry_busy(lambda: mlflow.end_run(status=status))
         except Exception as e:  # noqa: BLE001
             err = err or store_error(e, "ending the run")
             with contextlib.suppress(Exception):
@@ -597,7 +598,7 @@ class Tracker:
             existing = client.get_run(self.run_id).data.params
             new = [Param(k, v) for k, v in flat.items() if k not in existing]
             for s in range(0, len(new), 100):
-                client.log_batch(self.run_id, params=new[s:s + 100], synchronous=True)
+                retry_busy(lambda: client.log_batch(self.run_id, params=new[s:s + 100], synchronous=True))
         except Exception as e:  # noqa: BLE001
             raise store_error(e, "logging params") from None
 
@@ -607,8 +608,8 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             try:
-                MlflowClient().log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()],
-                                         synchronous=True)
+                retry_busy(lambda: MlflowClient().log_batch(
+                    self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True))
             except Exception as e:  # noqa: BLE001
                 raise store_error(e, "setting tags") from None
 
@@ -637,7 +638,7 @@ class Tracker:
         while self._buffer:
             batch = self._buffer[:1000]
             try:
-                client.log_batch(self.run_id, metrics=batch, synchronous=True)
+                retry_busy(lambda: client.log_batch(self.run_id, metrics=batch, synchronous=True))
             except Exception as e:  # noqa: BLE001
                 raise store_error(e, "logging metrics") from None
             del self._buffer[:len(batch)]
@@ -693,8 +694,8 @@ class Tracker:
 
         try:
             items = data_inputs(data)
-            mlflow.log_inputs(datasets=[d for d, _, _ in items], contexts=[c for _, c, _ in items],
-                              tags_list=[t for _, _, t in items])
+            retry_busy(lambda: mlflow.log_inputs(datasets=[d for d, _, _ in items], contexts=[c for _, c, _ in items],
+                              tags_list=[t for _, _, t in items]))
         except Exception as e:  # noqa: BLE001
             raise store_error(e, "logging the dataset") from None
 
