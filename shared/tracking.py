@@ -711,17 +711,29 @@ class Tracker:
         import torch
         from mlflow.models import infer_signature
 
-        m = copy.deepcopy(model).cpu().eval()
-        x = example.detach().cpu()
-        with torch.inference_mode():
-            y = m(x)
-        if isinstance(y, (tuple, list)):
-            y = y[0]
+        import pickle
+        import sys
+
         try:
+            m = copy.deepcopy(model).cpu().eval()
+            x = example.detach().cpu()
+            with torch.inference_mode():
+                y = m(x)
+            if isinstance(y, (tuple, list)):
+                y = y[0]
             sig = infer_signature(x.numpy(), y.detach().numpy())
+        except Exception as e:  # noqa: BLE001 - a model that cannot run on its example is reported, not fatal
+            print(f"warning: the final network is not logged as an MLflow model ({type(e).__name__}: "
+                  f"{_cause(e)[:120]}); its snapshots are", file=sys.stderr)
+            return None
+        try:
             info = mlflow.pytorch.log_model(m, name="model", signature=sig, input_example=x.numpy(),
                                             serialization_format="pickle",
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
+        except (pickle.PicklingError, TypeError, AttributeError) as e:  # an unpicklable module: reported, not fatal
+            print(f"warning: the final network is not logged as an MLflow model ({type(e).__name__}: "
+                  f"{_cause(e)[:120]}); its snapshots are", file=sys.stderr)
+            return None
         except Exception as e:  # noqa: BLE001
             if isinstance(e, OSError):
                 raise artifact_error(e, "logging the model", str(_local_artifact_dir(self.artifact_uri))) from None
