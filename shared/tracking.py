@@ -724,7 +724,7 @@ class Tracker:
             sig = infer_signature(x.numpy(), y.detach().numpy())
         except Exception as e:  # noqa: BLE001 - a model that cannot run on its example is reported, not fatal
             print(f"warning: the final network is not logged as an MLflow model ({type(e).__name__}: "
-                  f"{_cause(e)[:120]}); its snapshots are", file=sys.stderr)
+                  f"{_cause(e)[:120]}); its snapshots are logged as usual", file=sys.stderr)
             return None
         try:
             info = mlflow.pytorch.log_model(m, name="model", signature=sig, input_example=x.numpy(),
@@ -732,7 +732,7 @@ class Tracker:
                                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
         except (pickle.PicklingError, TypeError, AttributeError) as e:  # an unpicklable module: reported, not fatal
             print(f"warning: the final network is not logged as an MLflow model ({type(e).__name__}: "
-                  f"{_cause(e)[:120]}); its snapshots are", file=sys.stderr)
+                  f"{_cause(e)[:120]}); its snapshots are logged as usual", file=sys.stderr)
             return None
         except Exception as e:  # noqa: BLE001
             if isinstance(e, OSError):
