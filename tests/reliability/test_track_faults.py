@@ -60,6 +60,7 @@ def _one_line(stderr: str, *needles: str) -> None:
 # 11.1 concurrent starts on a fresh SQLite store
 
 
+@pytest.mark.timeout(1800)  # n processes at once: slow where the machine is shared
 @pytest.mark.parametrize("n", [4, 8])
 def test_concurrent_starts_on_a_fresh_sqlite_store_all_succeed(tmp_path, n):
     env = _env(tmp_path)
