@@ -99,10 +99,10 @@ class _Group(TyperGroup):
         except UsageError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (shared.tracking.Terminated: exit code 143)
             typer.echo("interrupted: finished work (snapshots, statistics) is kept; re-run the same command to "
                        "continue", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(getattr(e, "exit_code", 130)) from None
 
 
 class App(typer.Typer):

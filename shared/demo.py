@@ -39,6 +39,21 @@ def _shared_step(out_dir: Path) -> None:
     print(f"  lenet_small on digits: test accuracy {out.result.final['test_acc']:.3f} (run {out.run_id})")
 
 
+def ui_command(uri: str) -> str:
+    """The command that opens the MLflow UI on ``uri``: ``make ui`` for the checkout's default store, else the
+    virtual environment's ``mlflow ui`` bound to 127.0.0.1."""
+    import shlex
+
+    if not uri.startswith("sqlite:///"):
+        return f"open {uri} in a browser (the tracking server's own UI)"
+    root = Path(__file__).resolve().parents[1]
+    if Path(uri[len("sqlite:///"):]) == root / "mlflow.db" and (root / "Makefile").exists():
+        return f"make -C {shlex.quote(str(root))} ui   (then http://127.0.0.1:5000)"
+    mlflow_exe = Path(sys.executable).with_name("mlflow")
+    return (f"{shlex.quote(str(mlflow_exe))} ui --backend-store-uri {shlex.quote(uri)} --host 127.0.0.1 --port 5000"
+            "   (then http://127.0.0.1:5000)")
+
+
 def main(argv: list[str] | None = None) -> int:
     STEPS = demo_steps()
     ap = argparse.ArgumentParser(description=__doc__)
@@ -48,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     from shared.files import ensure_writable_dir
-    from shared.tracking import Tracker, configure_tracking
+    from shared.tracking import DEMO_EXPERIMENT, Tracker, configure_tracking
 
     uri = configure_tracking()
     try:
@@ -60,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     t_all = time.perf_counter()
     tracker = Tracker()
-    with tracker.start("geomlab", "demo", run_name="demo") as t:
+    with tracker.start("geomlab", "demo", run_name="demo", experiment=DEMO_EXPERIMENT) as t:
         demo_run = t.run_id
         for step in steps:
             t0 = time.perf_counter()
@@ -78,11 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             say(f"[demo] {step} done in {dt:.1f} s")
         t.log_metrics({"demo_seconds_total": time.perf_counter() - t_all})
     client = MlflowClient()
-    runs = client.search_runs([t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{demo_run}'",
-                              max_results=500)
+    exps = [e.experiment_id for e in client.search_experiments()]  # the steps log to their projects' experiments
+    runs = client.search_runs(exps, filter_string=f"tags.mlflow.parentRunId = '{demo_run}'", max_results=500)
     grand = []
     for r in runs:
-        grand += client.search_runs([t.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'",
+        grand += client.search_runs(exps, filter_string=f"tags.mlflow.parentRunId = '{r.info.run_id}'",
                                     max_results=500)
     print(f"\n[demo] logged to {uri}: demo run {demo_run} with {len(runs)} child runs"
           + (f" and {len(grand)} grandchild runs" if grand else "") + f" ({time.perf_counter() - t_all:.0f} s)")
@@ -91,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         name = r.info.run_name or r.info.run_id
         print(f"  {name:32s} {r.data.tags.get('project', ''):16s} metrics={len(r.data.metrics):3d} "
               f"artifacts={','.join(arts)[:70]}")
-    db = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else None
-    ui = f"mlflow ui --backend-store-uri {uri}" if db else "open your MLflow server's address"
-    print(f"\n[demo] open the UI with:  {ui}   (then http://127.0.0.1:5000)")
+    print(f"\n[demo] open the UI with:  {ui_command(uri)}")
     if failed:
         say(f"[demo] FAILED steps: {', '.join(failed)}")
         return 1

@@ -21,8 +21,9 @@ from shared.data import Data, DataConfig, load_data
 from shared.errors import UsageError
 from shared.files import ensure_writable_dir, load_snapshot, load_weights
 from shared.models import build_model, rebuild
-from shared.tracking import Tracker, is_artifact_uri, list_run_artifacts, resolve_input
-from shared.train import Callback, FitResult, LossFn, TrainConfig, Trainer, run_params, seed_everything
+from shared.tracking import Tracker, example_batch, is_artifact_uri, list_run_artifacts, resolve_input
+from shared.train import (OPTIMIZERS, SCHEDULES, Callback, FitResult, LossFn, TrainConfig, Trainer, resolve_device,
+                          run_params, seed_everything)
 
 
 def default_out_dir(project: str, run_id: str | None) -> Path:
@@ -59,16 +60,18 @@ def run_training(*, project: str, entry_point: str, arch: str | None, data_cfg: 
                  tags: dict | None = None, run_name: str | None = None, parent_run_id: str | None = None,
                  tracker: Tracker | None = None, model: nn.Module | None = None, data: Data | None = None,
                  trainable: Iterable[nn.Parameter] | None = None, progress: bool = True,
-                 snapshot_meta: dict | None = None, eval_loss_fn: LossFn | None = None) -> TrainOutcome:
+                 snapshot_meta: dict | None = None, eval_loss_fn: LossFn | None = None,
+                 system_metrics: bool | None = None) -> TrainOutcome:
     """Train ``arch`` on ``data_cfg`` inside one MLflow run; returns the run id and the fit result.
 
     ``model`` / ``data`` may be given pre-built (distillation, depth-limit models); otherwise they are built from
-    the registry. The run logs all params, tags (project, entry point, arch, dataset, git commit), per-epoch metrics
-    and snapshots; the final metrics are also logged as ``final_*``.
+    the registry. The run logs all params, tags (project, entry point, arch, dataset, git commit), the dataset
+    (``mlflow.log_input``, one input per split), per-epoch metrics, snapshots and the final network as an MLflow
+    model (``runs:/<id>/model``). Every option is checked before the run is created.
     """
     if out_dir is not None:
         ensure_writable_dir(out_dir)
-    train_cfg.validate()
+    check_train_options(train_cfg)
     data_cfg.validate()
     data = data or load_data(data_cfg, seed=train_cfg.seed)
     seed_everything(train_cfg.seed)
@@ -80,15 +83,25 @@ def run_training(*, project: str, entry_point: str, arch: str | None, data_cfg: 
     if resume_from:
         all_tags["resumed_from"] = resume_from
     with tracker.start(project, entry_point, run_name=run_name, params=all_params, tags=all_tags,
-                       parent_run_id=parent_run_id) as t:
+                       parent_run_id=parent_run_id, system_metrics=system_metrics) as t:
+        t.log_data(data)
         out = Path(out_dir) if out_dir else default_out_dir(project, t.run_id)
         trainer = Trainer(model, data, train_cfg, tracker=t, out_dir=out, loss_fn=loss_fn, callbacks=callbacks,
                           params=trainable, progress=progress, eval_loss_fn=eval_loss_fn,
                           snapshot_meta={"project": project, "dataset": data_cfg.dataset, **(snapshot_meta or {})})
         result = trainer.fit(resume_from=resume_from)
-        if result.history:
-            t.log_metrics({f"final_{k}": v for k, v in result.final.items() if k != "epoch"}, step=result.epochs_done)
+        t.log_model(trainer.model, example_batch(data))
     return TrainOutcome(t.run_id, result, trainer, data, out)
+
+
+def check_train_options(cfg: TrainConfig) -> None:
+    """Everything about the training options that can be wrong, checked before a run exists."""
+    cfg.validate()
+    if cfg.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {cfg.epochs}; a run trains at least one epoch")
+    OPTIMIZERS.get(cfg.optimizer)
+    SCHEDULES.get(cfg.schedule)
+    resolve_device(cfg.device)
 
 
 # ------------------------------------------------------------------------------------------------------------------

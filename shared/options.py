@@ -123,6 +123,9 @@ OUT_DIR = _O("out_dir", Optional[str], "Local folder for snapshots, results and 
              "./outputs/<project>/<run id>); everything is also logged to MLflow.", None,
              ("--out-dir", "--out", "--results", "--models-path"))
 RUN_NAME = _O("run_name", Optional[str], "MLflow run name.")
+SYSTEM_METRICS = _O("system_metrics", bool, "Log MLflow's system metrics (CPU, memory, disk, network; GPU when "
+                    "present) into the run every 10 s (MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL sets the interval).",
+                    False)
 ARCH = _O("arch", Optional[str], "Architecture (`geomlab archs --project <name>` lists a project's; run without it "
           "to see them). Analyses of a geomlab snapshot read it from the snapshot.")
 RUN = _O("run", Optional[str], "An MLflow run (id or runs:/<id>) whose logged snapshots or metrics the command "

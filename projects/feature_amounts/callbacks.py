@@ -193,6 +193,17 @@ def delete_run_artifacts(run_id: str, paths: Sequence[str]) -> None:
         pass
 
 
+def summary_metrics(rec: dict) -> dict:
+    """The CSV row's summary values as MLflow metrics, in the units and names of every project: accuracies as
+    fractions, ``best_epoch`` counted like the metrics' steps (epochs completed). The last epoch's accuracies are the
+    per-epoch ``val_acc`` / ``train_acc`` curves already (the percent columns stay in the CSV and result.json)."""
+    pct = lambda v: None if v is None else float(v) / 100.0  # noqa: E731
+    out = {"best_val_acc": pct(rec.get("BestVal")), "best_val_train_acc": pct(rec.get("BestValsTrain")),
+           "best_epoch": None if rec.get("BestEpoch") is None else int(rec["BestEpoch"]) + 1,
+           "parameters": rec.get("Parameters"), "true_parameters": rec.get("TrueParameters")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 class RecordCallback(Callback):
     """Builds the CSV row at the end and logs it (metrics, result.json); marks the run complete last.
 
@@ -218,9 +229,7 @@ class RecordCallback(Callback):
             EpochsDone=tr.epoch, StopReason=stop, MicroBatch=d.micro_batch if d else None,
             Chunks=d.chunks if d else None, RunId=tr.tracker.run_id)
         self.record = rec
-        tr.tracker.log_metrics({k: rec[k] for k in ("Parameters", "BestVal", "BestValsTrain", "BestEpoch",
-                                                    "LastValPrec", "LastTrainPrec", "TrueParameters")},
-                               step=tr.epoch)
+        tr.tracker.log_metrics(summary_metrics(rec), step=tr.epoch)
         tr.tracker.log_dict(rec, RESULT_JSON)
         tr.tracker.flush()
         tr.tracker.set_tags({"fa.complete": "1", **({"fa.stop_reason": stop} if stop else {})})

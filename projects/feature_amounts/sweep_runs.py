@@ -117,7 +117,7 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
         _write_csv(t, outcome)
         if outcome.records:
             best = max(outcome.records, key=lambda r: r["BestVal"])
-            t.log_metrics({"sweep_best_val": best["BestVal"], "sweep_done": len(outcome.records),
+            t.log_metrics({"best_val_acc": best["BestVal"] / 100.0, "sweep_done": len(outcome.records),
                            "sweep_failed": len(outcome.failed)})
             t.set_tags({"sweep.best_variant": best.get("VariantId")})
     return outcome

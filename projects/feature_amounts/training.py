@@ -1,12 +1,12 @@
 """One feature_amounts network in its own MLflow run (with the out-of-memory retry), and earlier work found in MLflow.
 
-Runs and tags (all under the MLflow experiment ``geomlab`` unless MLFLOW_EXPERIMENT_NAME says otherwise):
+Runs and tags (all under the MLflow experiment ``feature_amounts`` unless MLFLOW_EXPERIMENT_NAME says otherwise):
 
 * a variant's training run: tags ``fa.role=variant``, ``fa.variant_id``, ``fa.train_key`` (hash of every setting
   that changes the result), ``fa.complete=1`` once its summary is logged; params Filters, Mean, Variance, Skew;
-  metrics per epoch (the shared Trainer's ``train_acc``, ``test_acc``/``val_acc``, ...) and, at the end, Parameters,
-  BestVal, BestValsTrain, BestEpoch, LastValPrec, LastTrainPrec; artifact ``feature_amounts/result.json`` (the CSV
-  row); tags ``split.*`` (the micro-batch split used);
+  metrics per epoch (the shared Trainer's ``train_acc``, ``test_acc``/``val_acc``, ...) and, at the end, once,
+  ``best_val_acc``, ``best_val_train_acc`` (fractions), ``best_epoch``, ``parameters``, ``true_parameters``;
+  artifact ``feature_amounts/result.json`` (the CSV row, in the original's percent); tags ``split.*`` (the micro-batch split used);
 * a sweep's parent run: ``fa.role=sweep``, ``fa.sweep_key``; artifact ``feature_amounts/sweep.csv``;
 * a study's parent run: ``fa.role=study``, ``fa.study``; each trial a variant run with ``fa.trial``.
 """

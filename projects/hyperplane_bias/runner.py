@@ -211,6 +211,7 @@ def _evaluate_only(model, data, arch, data_cfg, train_cfg, which, source, run_na
     t = Tracker()
     with t.start(PROJECT, "evaluate", run_name=run_name, tags={"arch": arch, "dataset": data_cfg.dataset},
                  params={"arch": arch, "split": which, "snapshot": source or ""}) as tr:
+        tr.log_data(data)
         tr.log_metrics({f"{which}_{k}": v for k, v in res.items()})
     return {"run_id": t.run_id, "split": which, **res}
 
@@ -414,6 +415,7 @@ def reinit(*, load_from: str | None = None, inits_from: str | None = None, run: 
                          "with_linear": with_linear, "walk": walk, "bn": bn,
                          "bn_samples": bn_samples if bn == "reestimate" else "", "batch_size": batch_size,
                          "max_test": max_test, "checkpoints": ",".join(checkpoints)}) as tr:
+        tr.log_data(data)
         out_dir = _results_dir(results, tr, "reinit")
         name = f"reinit_{trained.name}"
         write_json(out_dir / f"{name}.json", doc)

@@ -58,7 +58,7 @@ def test_sweep_resumes_after_kill_9(mlflow_store, tmp_path, _template_store, cli
     for r in after.values():  # every epoch logged exactly once: nothing counted twice, nothing missing
         steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "train_loss"))
         assert steps == [1, 2, 3, 4]
-        assert len(client.get_metric_history(r.info.run_id, "BestVal")) == 1
+        assert len(client.get_metric_history(r.info.run_id, "best_val_acc")) == 1
     exps = [e.experiment_id for e in client.search_experiments()]
     (parent,) = client.search_runs(exps, "tags.`fa.role` = 'sweep'")
     assert parent.info.status == "FINISHED"

@@ -95,7 +95,7 @@ def test_nan_loss_leaves_earlier_snapshots_intact(mlflow_store, cli, tmp_path):
     digest = hashlib.sha256(init.read_bytes()).hexdigest()
     from shared.files import load_snapshot
     assert load_snapshot(init)["epoch"] == 0 and hashlib.sha256(init.read_bytes()).hexdigest() == digest
-    failed = mlflow.search_runs(filter_string="attributes.status = 'FAILED'")
+    failed = mlflow.search_runs(filter_string="attributes.status = 'FAILED'", search_all_experiments=True)
     assert len(failed) == 1
 
 
