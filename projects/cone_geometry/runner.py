@@ -376,7 +376,7 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
             if size_hw is None:
                 raise UsageError("cannot tell the input size of this network; pass --dataset")
             blocks = nesting.conv_blocks(model, size_hw)
-            if not nesting.pair_tasks(blocks):
+            if not any(b.pairs for b in blocks):
                 raise UsageError(f"{getattr(model, 'arch', 'this network')} has one convolution per pooling block, "
                                  "so no two consecutive convolutions whose cones could nest: its nesting statistics "
                                  "are undefined; use a student with two or more convolutions per block (LeNet8, "
