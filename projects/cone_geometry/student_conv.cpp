@@ -20,42 +20,61 @@
 #include <thread>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 #if defined(__AVX512F__)
 constexpr int VBYTES = 64;
+#ifndef FWD_OB
+#define FWD_OB 16  // 32 vector registers: K = 9 taps + 16 accumulators
+#endif
 #else
 constexpr int VBYTES = 32;
+#ifndef FWD_OB
+#define FWD_OB 4   // 16 vector registers: K = 9 taps + 4 accumulators + temporaries
+#endif
 #endif
 
 template <typename T>
 struct Vec {
-    typedef T type __attribute__((vector_size(VBYTES), aligned(alignof(T))));
+    typedef T type __attribute__((vector_size(VBYTES)));
+    typedef T unaligned __attribute__((vector_size(VBYTES), aligned(alignof(T)), may_alias));
     static constexpr int N = VBYTES / sizeof(T);
 };
 
 template <typename T>
 inline typename Vec<T>::type loadu(const T* p) {
-    typename Vec<T>::type v;
-    std::memcpy(&v, p, sizeof(v));
-    return v;
+    return *reinterpret_cast<const typename Vec<T>::unaligned*>(p);
 }
 
 template <typename T>
 inline void storeu(T* p, typename Vec<T>::type v) {
-    std::memcpy(p, &v, sizeof(v));
+    *reinterpret_cast<typename Vec<T>::unaligned*>(p) = v;
 }
 
 template <typename T>
 inline typename Vec<T>::type splat(T s) {
-    typename Vec<T>::type v = {};
-    return v + s;
+    typename Vec<T>::type v;
+    _Pragma("GCC unroll 16") for (int i = 0; i < Vec<T>::N; ++i) v[i] = s;
+    return v;
 }
 
+// max(z, 0), as vmaxps / vmaxpd where available (same result as the select, NaN -> 0 included)
 template <typename T>
 inline typename Vec<T>::type relu(typename Vec<T>::type z) {
     const typename Vec<T>::type zero = {};
+#if defined(__AVX512F__)
+    if constexpr (sizeof(T) == 4) return (typename Vec<T>::type)_mm512_max_ps((__m512)z, (__m512)zero);
+    else return (typename Vec<T>::type)_mm512_max_pd((__m512d)z, (__m512d)zero);
+#elif defined(__AVX__)
+    if constexpr (sizeof(T) == 4) return (typename Vec<T>::type)_mm256_max_ps((__m256)z, (__m256)zero);
+    else return (typename Vec<T>::type)_mm256_max_pd((__m256d)z, (__m256d)zero);
+#else
     return z > zero ? z : zero;
+#endif
 }
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
@@ -133,7 +152,7 @@ void fold_add(const T* dbuf, T* gx, const Geom& g, int64_t Pp) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Forward: for each pixel tile (one vector) and block of OB filters, accumulate over input channels.
-// wpad[c][Op][K], bpad[c][Op] are zero-padded to Op filters (a multiple of 8).
+// wpad[c][Op][K], bpad[c][Op] are zero-padded to Op filters (a multiple of FWD_OB).
 
 template <typename T, int K, int OB>
 inline void fwd_block(const T* buf, const T* wpad, const T* bpad, T* out, const Geom& g, int64_t Pp, int64_t Op,
@@ -141,22 +160,22 @@ inline void fwd_block(const T* buf, const T* wpad, const T* bpad, T* out, const 
     typedef typename Vec<T>::type V;
     constexpr int N = Vec<T>::N;
     V acc[OB];
-    for (int j = 0; j < OB; ++j) acc[j] = V{};
+    _Pragma("GCC unroll 32") for (int j = 0; j < OB; ++j) acc[j] = V{};
     for (int64_t c = 0; c < g.C; ++c) {
         V xk[K];
         const T* bc = buf + c * K * Pp + p0;
-        for (int k = 0; k < K; ++k) xk[k] = loadu<T>(bc + k * Pp);
+        _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) xk[k] = loadu<T>(bc + k * Pp);
         const T* wc = wpad + (c * Op + o0) * K;
         const T* bb = bpad + c * Op + o0;
-        for (int j = 0; j < OB; ++j) {
+        _Pragma("GCC unroll 32") for (int j = 0; j < OB; ++j) {
             V z = splat<T>(bb[j]);
-            for (int k = 0; k < K; ++k) z += xk[k] * wc[j * K + k];
+            _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) z += xk[k] * wc[j * K + k];
             acc[j] += relu<T>(z);
         }
     }
     const int64_t P = g.P();
     const int64_t lanes = std::min<int64_t>(N, P - p0);
-    for (int j = 0; j < OB; ++j) {
+    _Pragma("GCC unroll 32") for (int j = 0; j < OB; ++j) {
         if (o0 + j >= g.O) break;
         T tmp[N];
         storeu<T>(tmp, acc[j]);
@@ -167,12 +186,12 @@ inline void fwd_block(const T* buf, const T* wpad, const T* bpad, T* out, const 
 template <typename T, int K>
 void forward_k(const T* x, const T* w, const T* bias, T* out, const Geom& g, int threads) {
     constexpr int N = Vec<T>::N;
-    const int64_t P = g.P(), Pp = round_up(P, N), Op = round_up(g.O, 8);
+    const int64_t P = g.P(), Pp = round_up(P, N), Op = round_up(g.O, FWD_OB);
     std::vector<T> wpad(g.C * Op * K, T(0)), bpad(g.C * Op, T(0));
     for (int64_t c = 0; c < g.C; ++c)
         for (int64_t o = 0; o < g.O; ++o) {
             bpad[c * Op + o] = bias[c * g.O + o];
-            for (int k = 0; k < K; ++k) wpad[(c * Op + o) * K + k] = w[(c * g.O + o) * K + k];
+            _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) wpad[(c * Op + o) * K + k] = w[(c * g.O + o) * K + k];
         }
     parallel_chunks(g.B, threads, [&](int64_t lo, int64_t hi, int) {
         std::vector<T> buf(g.C * K * Pp);
@@ -180,9 +199,8 @@ void forward_k(const T* x, const T* w, const T* bias, T* out, const Geom& g, int
             unfold<T>(x + b * g.C * g.H * g.W, buf.data(), g, Pp);
             T* ob = out + b * g.O * P;
             for (int64_t p0 = 0; p0 < P; p0 += N) {
-                int64_t o0 = 0;
-                for (; o0 + 16 <= Op; o0 += 16) fwd_block<T, K, 16>(buf.data(), wpad.data(), bpad.data(), ob, g, Pp, Op, p0, o0);
-                for (; o0 < Op; o0 += 8) fwd_block<T, K, 8>(buf.data(), wpad.data(), bpad.data(), ob, g, Pp, Op, p0, o0);
+                for (int64_t o0 = 0; o0 < Op; o0 += FWD_OB)
+                    fwd_block<T, K, FWD_OB>(buf.data(), wpad.data(), bpad.data(), ob, g, Pp, Op, p0, o0);
             }
         }
     });
@@ -206,7 +224,7 @@ void backward_k(const T* x, const T* w, const T* bias, const T* gout, T* gx, T* 
     for (int64_t c = 0; c < g.C; ++c)
         for (int64_t o = 0; o < g.O; ++o) {
             bT[c * Oq + o] = bias[c * g.O + o];
-            for (int k = 0; k < K; ++k) wT[(c * K + k) * Oq + o] = w[(c * g.O + o) * K + k];
+            _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) wT[(c * K + k) * Oq + o] = w[(c * g.O + o) * K + k];
         }
     int nt = (int)std::max<int64_t>(1, std::min<int64_t>(threads, g.B));
     // per-thread accumulators for (B): dwT[c][k][Oq], dbT[c][Oq]
@@ -229,7 +247,7 @@ void backward_k(const T* x, const T* w, const T* bias, const T* gout, T* gx, T* 
                     for (int64_t c = 0; c < g.C; ++c) {
                         V xk[K], dx[K];
                         const T* bc = buf.data() + c * K * Pp + p0;
-                        for (int k = 0; k < K; ++k) {
+                        _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) {
                             xk[k] = loadu<T>(bc + k * Pp);
                             dx[k] = V{};
                         }
@@ -237,13 +255,13 @@ void backward_k(const T* x, const T* w, const T* bias, const T* gout, T* gx, T* 
                         const T* bb = bias + c * g.O;
                         for (int64_t o = 0; o < g.O; ++o) {
                             V z = splat<T>(bb[o]);
-                            for (int k = 0; k < K; ++k) z += xk[k] * wc[o * K + k];
+                            _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) z += xk[k] * wc[o * K + k];
                             const V zero = {};
                             V gv = z > zero ? loadu<T>(&gpad[o * Pp + p0]) : zero;
-                            for (int k = 0; k < K; ++k) dx[k] += gv * wc[o * K + k];
+                            _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) dx[k] += gv * wc[o * K + k];
                         }
                         T* dc = dbuf.data() + c * K * Pp + p0;
-                        for (int k = 0; k < K; ++k) storeu<T>(dc + k * Pp, dx[k]);
+                        _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) storeu<T>(dc + k * Pp, dx[k]);
                     }
                 fold_add<T>(dbuf.data(), gx + b * g.C * g.H * g.W, g, Pp);
             }
@@ -254,7 +272,7 @@ void backward_k(const T* x, const T* w, const T* bias, const T* gout, T* gx, T* 
                     const T* bc = buf.data() + c * K * Pp;
                     for (int64_t o0 = 0; o0 < Oq; o0 += N) {
                         V wk[K], dwk[K];
-                        for (int k = 0; k < K; ++k) {
+                        _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) {
                             wk[k] = loadu<T>(&wT[(c * K + k) * Oq + o0]);
                             dwk[k] = V{};
                         }
@@ -262,13 +280,13 @@ void backward_k(const T* x, const T* w, const T* bias, const T* gout, T* gx, T* 
                         V dbv = {};
                         for (int64_t p = 0; p < P; ++p) {
                             V z = bv;
-                            for (int k = 0; k < K; ++k) z += wk[k] * bc[k * Pp + p];
+                            _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) z += wk[k] * bc[k * Pp + p];
                             const V zero = {};
                             V gv = z > zero ? loadu<T>(&gT[p * Oq + o0]) : zero;
                             dbv += gv;
-                            for (int k = 0; k < K; ++k) dwk[k] += gv * bc[k * Pp + p];
+                            _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) dwk[k] += gv * bc[k * Pp + p];
                         }
-                        for (int k = 0; k < K; ++k) {
+                        _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) {
                             T* d = &(*dw)[(c * K + k) * Oq + o0];
                             storeu<T>(d, loadu<T>(d) + dwk[k]);
                         }
@@ -289,7 +307,7 @@ void backward_k(const T* x, const T* w, const T* bias, const T* gout, T* gx, T* 
             for (int64_t o = 0; o < g.O; ++o) {
                 if (gb) gb[c * g.O + o] = dbT[0][c * Oq + o];
                 if (gw)
-                    for (int k = 0; k < K; ++k) gw[(c * g.O + o) * K + k] = dwT[0][(c * K + k) * Oq + o];
+                    _Pragma("GCC unroll 32") for (int k = 0; k < K; ++k) gw[(c * g.O + o) * K + k] = dwT[0][(c * K + k) * Oq + o];
             }
     }
 }

@@ -121,6 +121,10 @@ def _load() -> ctypes.CDLL:
         raise RuntimeError(f"no writable cache directory among {', '.join(map(str, cache_dirs()))}")
     if not lib.exists():
         _build(cxx, lib)
+    return open_library(lib)
+
+
+def open_library(lib: Path) -> ctypes.CDLL:
     so = ctypes.CDLL(str(lib))
     p, i64p = ctypes.c_void_p, ctypes.POINTER(ctypes.c_int64)
     for t in ("f32", "f64"):
