@@ -159,6 +159,15 @@ def impl_name() -> str:
     return "fused" if library() is not None else "reference"
 
 
+def run_tags(arch: str, device: str) -> dict[str, str]:
+    """``{"student_conv_impl": "fused" | "reference"}`` for a run training ``arch`` on ``device`` (auto|cpu|cuda[:n]);
+    empty for teachers.  (Autocast inputs on CPU also run the kernel, in float32.)"""
+    if not arch.startswith("Student_"):
+        return {}
+    on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    return {"student_conv_impl": impl_name() if on_cpu else "reference"}
+
+
 def _reason(module, x: torch.Tensor) -> str | None:
     """Why ``module(x)`` cannot use the kernel (None when it can)."""
     if x.device.type != "cpu" or module.weight.device.type != "cpu":
