@@ -172,6 +172,8 @@ def _reason(module, x: torch.Tensor) -> str | None:
     """Why ``module(x)`` cannot use the kernel (None when it can)."""
     if x.device.type != "cpu" or module.weight.device.type != "cpu":
         return f"{x.device.type} tensors"
+    if torch._C._functorch.is_functorch_wrapped_tensor(x) or torch.jit.is_tracing():
+        return "a torch.func transform or tracer"
     if module.weight.dtype not in CPU_DTYPES or x.dtype not in CPU_DTYPES + CAST_DTYPES:
         return f"{x.dtype} input with {module.weight.dtype} weights"
     if module.padding_mode != "zeros" or isinstance(module.padding, str) or module.groups != module.n_in:

@@ -144,6 +144,13 @@ def test_fallbacks_are_automatic_and_said(monkeypatch, capsys):
     assert "fused" not in capsys.readouterr().err  # once per process
 
 
+def test_vmap_falls_back_to_reference(monkeypatch):
+    monkeypatch.setenv(sk.ENV, "auto")
+    m, x = random_module(2, 3), torch.randn(4, 1, 2, 5, 5)
+    out = torch.func.vmap(m)(x)
+    torch.testing.assert_close(out, torch.stack([m.reference_forward(xi) for xi in x]))
+
+
 def test_cuda_falls_back_to_reference():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
