@@ -105,7 +105,8 @@ def _build(cxx: str, lib: Path) -> None:
     try:
         done = subprocess.run([cxx, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
+            last = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+            raise RuntimeError(f"{cxx} failed: {last}")
         os.replace(tmp, lib)  # atomic: concurrent builders (MPI ranks, sweep workers) each rename a whole file
     finally:
         if os.path.exists(tmp):
