@@ -207,3 +207,16 @@ def test_parameters_and_state_dict_unchanged():
     m = StudentConv(3, 5)
     assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == {"weight": (15, 1, 3, 3), "bias": (15,)}
     assert (m.in_channels, m.out_channels, m.groups, m.padding, m.stride) == (3, 15, 3, (1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_training_run_records_the_implementation(mlflow_store, cli, monkeypatch, impl):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv(sk.ENV, impl)
+    res = cli("cone-geometry", "train", "--arch", "Student_LeNet5", "--dataset", "digits", "--epochs", "1",
+              "--batch-size", "256", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    client = MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["student_conv_impl"] == ("fused" if impl == "auto" else "reference")
