@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from projects.cone_geometry import student_kernel
 from shared.errors import UsageError
 
 # --------------------------------------------------------------------------------------------------------------
@@ -92,7 +93,9 @@ class StudentConv(nn.Conv2d):
 
     The parameters are those of the original grouped ``nn.Conv2d(n_in, v * n_in, k, padding=k // 2,
     groups=n_in, bias=True)``: ``weight`` has shape ``(v * n_in, 1, k, k)`` and ``bias`` shape ``(v * n_in,)``,
-    both indexed by ``c * v + o``.  Forward: ``relu(grouped_conv(x)).view(B, n_in, v, H, W).sum(1)``.
+    both indexed by ``c * v + o``.  Forward: ``relu(grouped_conv(x)).view(B, n_in, v, H, W).sum(1)``, computed on
+    CPU by the fused kernel of :mod:`projects.cone_geometry.student_kernel` (same parameters, no intermediate) and
+    by :meth:`reference_forward` elsewhere.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
@@ -102,6 +105,12 @@ class StudentConv(nn.Conv2d):
         self.n_out = out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if student_kernel.use_fused(self, x):
+            return student_kernel.student_conv(self, x)
+        return self.reference_forward(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The grouped convolution (materializes ``n_in x n_out x H x W`` per image): the kernel's reference."""
         z = F.relu(self._conv_forward(x, self.weight, self.bias))
         b, _, h, w = z.shape
         return z.view(b, self.n_in, self.n_out, h, w).sum(1)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from projects.cone_geometry import aggregate, nesting, plots
+from projects.cone_geometry import aggregate, nesting, plots, student_kernel
 from projects.cone_geometry.distill import DistillLoss, check_kd
 from projects.cone_geometry.models import (ConeNet, build, check_init, convert_original_state_dict, is_student,
                                            student_of, teacher_name)
@@ -101,7 +101,7 @@ def train_runs(arch: str, data_cfg: DataConfig, train_cfg: TrainConfig, *, init:
             model_options={"init": init}, out_dir=str(Path(out_dir) / f"run_{r}") if out_dir else None,
             resume_from=resume_from, callbacks=callbacks, progress=progress,
             params={"init": init, "cone.run": r, "kill_plateaus": kill_plateaus, "noisy": data_cfg.noise},
-            tags={"cone.run": r, "init": init}, run_name=run_name or f"{arch}-{data_cfg.dataset}-run{r}",
+            tags={"cone.run": r, "init": init, **student_kernel.run_tags(arch, cfg.device)}, run_name=run_name or f"{arch}-{data_cfg.dataset}-run{r}",
             snapshot_meta={"cone_run": r, "init": init})
         final = out.result.final
         say(f"{arch} run {r}: {out.result.epochs_done} epochs, "
@@ -228,7 +228,8 @@ def distill(teacher: str, *, arch: str | None, data_options: dict, train_cfg: Tr
     cfg = replace(train_cfg, snapshot_every=0, snapshot_all_until=0)  # init and final student, as the original
     tags = {"source_run_id": loaded.run_id or "", "teacher_run_id": loaded.run_id or "",
             "teacher_snapshot": loaded.source, "teacher_epoch": loaded.epoch, "cone.run": loaded.run,
-            "teacher_arch": t_arch, "init": init, **(extra_tags or {})}
+            "teacher_arch": t_arch, "init": init, **student_kernel.run_tags(student_of(t_arch), cfg.device),
+            **(extra_tags or {})}
     params = {"teacher": loaded.source, "teacher_arch": t_arch, "teacher_epoch": loaded.epoch, "init": init,
               "kd.temperature": temperature, "kd.alpha": alpha, "kd.kl_reduction": kl_reduction,
               "kill_plateaus": kill_plateaus, "noisy": data_cfg.noise}
