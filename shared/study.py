@@ -434,16 +434,19 @@ def verdict_by_p(p: float | None, effect: float | None, alpha: float = 0.05, *, 
     return INCONCLUSIVE
 
 
-def mean_ci(values: Sequence[float], z: float = 1.96) -> tuple[float, float, float, float]:
-    """Mean, standard deviation (ddof 1), and the normal-approximation interval mean +- z sd / sqrt(n)."""
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, standard deviation (ddof 1), and Student's t interval mean ± t(level, n-1) sd / sqrt(n) (nan for n < 2)."""
     import numpy as np
+    from scipy.stats import t as student_t
 
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if v.size == 0:
         return math.nan, math.nan, math.nan, math.nan
     m = float(v.mean())
-    sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
-    half = z * sd / math.sqrt(v.size) if v.size > 1 else math.nan
+    if v.size < 2:
+        return m, math.nan, math.nan, math.nan
+    sd = float(v.std(ddof=1))
+    half = float(student_t.ppf(0.5 + level / 2, v.size - 1)) * sd / math.sqrt(v.size)
     return m, sd, m - half, m + half
 
 
@@ -453,7 +456,7 @@ def fmt_spread(values: Sequence[float], digits: int = 3) -> str:
         return "n/a"
     if not math.isfinite(sd):
         return f"{m:.{digits}g} (n = 1)"
-    return f"{m:.{digits}g} ± {sd:.{digits}g} (sd, n = {len(values)}; 95% CI {lo:.{digits}g} .. {hi:.{digits}g})"
+    return f"{m:.{digits}g} ± {sd:.{digits}g} (sd, n = {len(values)}; 95% t-interval {lo:.{digits}g} .. {hi:.{digits}g})"
 
 
 @dataclass

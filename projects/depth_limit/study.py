@@ -28,10 +28,10 @@ class Settings:
     regression: str = setting("sin", "Regression set (sin or constant; empty: none).")
     classification: str = setting("digits", "Image set (any of `geomlab datasets`; empty: none).")
     data_path: str = setting("./data", "Dataset folder.")
-    depths: tuple = setting((8, 32, 128), "Depths L (comma-separated).")
+    depths: tuple = setting((8, 32), "Depths L (comma-separated).")
     alphas: tuple = setting((0.5, 0.75), "Scaling exponents alpha (comma-separated, at least two).")
-    seeds: tuple = setting((1234, 1235), "Seeds of the repetitions (comma-separated).")
-    epochs: int = setting(30, "Full-batch gradient steps (epochs) of every fit.")
+    seeds: tuple = setting((1234,), "Seeds of the repetitions (comma-separated).")
+    epochs: int = setting(20, "Full-batch gradient steps (epochs) of every fit.")
     dim: int = setting(2, "Hidden dimension of the regression fits.")
     class_dim: int = setting(10, "Hidden dimension of the classification fits (>= classes).")
     num_samples: int = setting(2000, "Points of the regression set.")
@@ -127,7 +127,7 @@ def report(study: Study, results: dict) -> Report:
             f"bounded_pvar_{ds}_alpha{alpha:g}", QUOTE_TITLE, SEED,
             f"{ds}, alpha = {alpha:g}: slope of log {s.p:g}-variation of k/L -> L^{1 - alpha:g} W_k against log L "
             f"(L = {', '.join(map(str, Ls))}), one slope per seed", fmt_spread(slopes),
-            f"regular (bounded) holds if the 95% CI of the slope lies below {SLOPE_BOUND} (p-variation grows slower "
+            f"regular (bounded) holds if the 95% t-interval of the slope lies below {SLOPE_BOUND} (p-variation grows slower "
             f"than L^{SLOPE_BOUND}), does not hold if it lies above, else inconclusive",
             verdict_by_interval(lo, hi, SLOPE_BOUND, above_holds=False), m))
         for L in Ls:
@@ -142,7 +142,7 @@ def report(study: Study, results: dict) -> Report:
             f"alpha_dependence_{ds}", QUOTE_TITLE, SEED,
             f"{ds}: slope at alpha = {a1:g} minus slope at alpha = {a0:g} (paired by seed); the thesis' question is "
             "how regularity depends on alpha", fmt_spread(d),
-            "'regularity increases with alpha' holds if the 95% CI of the difference lies below 0, does not hold if "
+            "'regularity increases with alpha' holds if the 95% t-interval of the difference lies below 0, does not hold if "
             "it lies above 0, else inconclusive", verdict_by_interval(lo, hi, 0.0, above_holds=False),
             mean_ci(d)[0]))
     figures = {}

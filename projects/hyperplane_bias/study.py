@@ -32,7 +32,7 @@ class Settings:
     dataset: str = setting("digits", "Dataset (any of `geomlab datasets`).")
     data_path: str = setting("./data", "Dataset folder.")
     seeds: tuple = setting((0, 1), "Seeds: one clean run and one run per control each (comma-separated).")
-    epochs: int = setting(5, "Training epochs of every run.")
+    epochs: int = setting(3, "Training epochs of every run.")
     batch_size: int = setting(64, "Training batch size.")
     lr: float = setting(0.01, "Learning rate (SGD, momentum 0.9).")
     noise: float = setting(0.5, "Label-noise ratio of the noise control.")
@@ -88,7 +88,7 @@ def regularity_claims(bias: dict[str, dict[int, float]]) -> list[Claim]:
     """Trained vs initialization, and trained clean vs each control: per-seed differences and their 95% CI > 0."""
     seeds = sorted(bias["clean"])
     claims = []
-    rule = ("holds if the 95% CI (mean ± 1.96 sd/√n over seeds) of the difference lies above 0, does not hold if it "
+    rule = ("holds if the 95% t-interval (mean ± t sd/√n over seeds) of the difference lies above 0, does not hold if it "
             "lies below 0, else inconclusive (also with a single seed)")
     pairs = [("emerges_from_training", "init", "bias(trained) − bias(initialization)"),
              ("correlates_with_learning_noise", "noise", "bias(clean) − bias(label-noise control)"),

@@ -31,7 +31,7 @@ def test_verdict_by_p():
 def test_mean_ci():
     m, sd, lo, hi = mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and sd == 1.0
-    assert lo == pytest.approx(2 - 1.96 / math.sqrt(3)) and hi == pytest.approx(2 + 1.96 / math.sqrt(3))
+    assert lo == pytest.approx(2 - 4.302653 / math.sqrt(3)) and hi == pytest.approx(2 + 4.302653 / math.sqrt(3))
     assert math.isnan(mean_ci([1.0])[2])
 
 
