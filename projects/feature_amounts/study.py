@@ -24,8 +24,7 @@ QUOTE = ("shifting a constant amount of total features to different convolutiona
 class Settings:
     dataset: str = setting("digits", "Dataset (any of `geomlab datasets`).")
     data_path: str = setting("./data", "Dataset folder.")
-    n_means: int = setting(4, "Means of the grid (evenly spread over the valid ones).")
-    n_skews: int = setting(3, "Skews per mean (from the most negative to the most positive valid one).")
+    variants: int = setting(12, "Number of variants, spread over mean and skew (plus the reference).")
     vgg_depth: int = setting(16, "VGG depth (16 = VGG-D).")
     width_multiplier: float = setting(0.05, "Scale of the feature budget (1 = the paper's).")
     patch_size: int = setting(16, "Images are resized to this size.")
@@ -39,7 +38,7 @@ class Settings:
     device: str = setting("auto", "auto, cpu or cuda.")
 
     def validate(self) -> None:
-        check(self.n_means * self.n_skews >= 2, "the grid needs at least two variants (--n-means x --n-skews)")
+        check(self.variants >= 2, f"--variants must be at least 2, got {self.variants}")
 
 
 PRESETS = {
@@ -48,26 +47,30 @@ PRESETS = {
     "cpu": Settings(dataset="fashion_mnist", width_multiplier=0.1, epochs=3, train_fraction=0.1, batch_size=64,
                     lr_wr_epochs=3),
     # the paper: CIFAR-10, the full budget, 150 epochs of SGDR, 32 px
-    "paper": Settings(dataset="cifar10", n_means=6, n_skews=5, width_multiplier=1.0, patch_size=32, epochs=150,
+    "paper": Settings(dataset="cifar10", variants=30, width_multiplier=1.0, patch_size=32, epochs=150,
                       train_fraction=1.0, batch_size=128, lr_wr_epochs=10),
 }
 
 
-def choose_grid(variants, n_means: int, n_skews: int) -> list:
-    """Variants spread over mean and skew: ``n_means`` means evenly over the valid ones, at each ``n_skews`` skews
-    evenly from the smallest to the largest valid one (scale: the most common one at that mean)."""
+def choose_grid(variants, n: int) -> list:
+    """``n`` variants spread over mean and skew: the valid (mean, skew) pairs are few per mean except at the ends,
+    so take one variant per mean (its median skew) at up to ``n - 4`` evenly spaced means, then the extreme skews of
+    the means with the most skews, until ``n`` are chosen. Scale: the one nearest 2."""
     import numpy as np
 
-    means = sorted({v.mean for v in variants})
-    picked_means = [means[int(round(i))] for i in np.linspace(0, len(means) - 1, min(n_means, len(means)))]
-    out = []
-    for m in dict.fromkeys(picked_means):
-        at = [v for v in variants if v.mean == m]
-        skews = sorted({v.skew for v in at})
-        for sk in dict.fromkeys(skews[int(round(i))] for i in np.linspace(0, len(skews) - 1, min(n_skews, len(skews)))):
-            cands = sorted((v for v in at if v.skew == sk), key=lambda v: (abs(v.scale - 2.0), v.index))
-            out.append(cands[0])
-    return out
+    by_mean: dict[float, dict[float, list]] = {}
+    for v in variants:
+        by_mean.setdefault(v.mean, {}).setdefault(v.skew, []).append(v)
+    means = sorted(by_mean)
+    k = min(len(means), n - 4 if n >= 8 else n)
+    means = [means[int(round(i))] for i in np.linspace(0, len(means) - 1, k)]
+    pairs = [(m, sorted(by_mean[m])[len(by_mean[m]) // 2]) for m in dict.fromkeys(means)]
+    extra = sorted(by_mean, key=lambda m: (-len(by_mean[m]), m))
+    for m in extra:  # the most negative and the most positive skew of the means with the most skews
+        for sk in (min(by_mean[m]), max(by_mean[m])):
+            if len(pairs) < n and (m, sk) not in pairs:
+                pairs.append((m, sk))
+    return [min(by_mean[m][sk], key=lambda v: (abs(v.scale - 2.0), v.index)) for m, sk in sorted(pairs)]
 
 
 def run(study: Study) -> None:
@@ -78,7 +81,7 @@ def run(study: Study) -> None:
               "width_multiplier": s.width_multiplier, "epochs": s.epochs, "train_fraction": s.train_fraction,
               "batch_size": s.batch_size, "learning_rate": s.lr, "lr_wr_epochs": s.lr_wr_epochs, "seed": s.seed,
               "device": s.device}
-    grid = choose_grid(generate_variants(s.vgg_depth, s.patch_size, s.width_multiplier), s.n_means, s.n_skews)
+    grid = choose_grid(generate_variants(s.vgg_depth, s.patch_size, s.width_multiplier), s.variants)
     records = []
     for v in grid:
         c = study.child(f"variant{v.index}", "train", {**common, "variant": v.index}, resumable=True)
@@ -88,8 +91,9 @@ def run(study: Study) -> None:
     study.publish(report(study, records, s.vgg_depth))
 
 
-def early_claim(records: list[dict], depth: int, tolerance: float) -> tuple[Claim, Claim, list]:
-    """Early variants (mean in the first third of the layers) vs the reference; spread and the reference's rank."""
+def early_claim(records: list[dict], depth: int, tolerance: float, chance: float) -> tuple[Claim, Claim, list]:
+    """Early variants (mean in the first third of the layers) vs the reference; spread and the reference's rank.
+    ``chance``: the accuracy (%) of guessing; a reference within ``tolerance`` of it learned nothing."""
     variants = [r for r in records if r.get("Mean") is not None]
     ref = next(r for r in records if r.get("Mean") is None)
     ref_acc = float(ref["BestVal"])
@@ -97,7 +101,7 @@ def early_claim(records: list[dict], depth: int, tolerance: float) -> tuple[Clai
     early = [r for r in variants if float(r["Mean"]) <= cut]
     gaps = [float(r["BestVal"]) - ref_acc for r in early]
     best = max(gaps) if gaps else math.nan
-    if not gaps:
+    if not gaps or ref_acc <= chance + tolerance:
         verdict = INCONCLUSIVE
     elif best >= -tolerance:
         verdict = HOLDS
@@ -107,7 +111,8 @@ def early_claim(records: list[dict], depth: int, tolerance: float) -> tuple[Clai
                f"accuracy of each variant with mean <= {cut:g} (features early) minus the reference's "
                f"({ref_acc:.2f}%), best of {len(early)} variants", f"best {best:+.2f} pp; all: {fmt_spread(gaps)} pp",
                f"holds if at least one early variant is within {tolerance:g} pp of the reference or above it, does "
-               f"not hold otherwise (inconclusive without early variants)", verdict, best)
+               f"not hold otherwise; inconclusive without early variants or when the reference is within "
+               f"{tolerance:g} pp of chance ({chance:.3g}%)", verdict, best)
     accs = sorted((float(r["BestVal"]) for r in records), reverse=True)
     rank = accs.index(ref_acc) + 1
     spread = max(accs) - min(accs)
@@ -126,12 +131,14 @@ def report(study: Study, records: list[dict], depth: int) -> Report:
     from .plots import figure_mean_skew, figure_parameters
 
     s: Settings = study.settings
-    c1, c2, rows = early_claim(records, depth, s.tolerance)
+    from shared.data import DATASETS
+
+    c1, c2, rows = early_claim(records, depth, s.tolerance, 100.0 / DATASETS.get(s.dataset).num_classes)
     title = f"{len(records) - 1} variants + reference, {s.dataset}, budget x{s.width_multiplier:g}"
     return Report(
         title=f"feature_amounts study: VGG-{depth} variants on {s.dataset}", project="feature_amounts",
         scale=study.scale,
-        summary=(f"{len(records) - 1} variants on a {s.n_means} x {s.n_skews} (mean x skew) grid plus the reference "
+        summary=(f"{len(records) - 1} variants spread over (mean, skew) plus the reference "
                  f"VGG-{depth}, budget x{s.width_multiplier:g}, {s.patch_size} px, {s.epochs} epochs of SGDR on "
                  f"{s.train_fraction:.0%} of the training set, seed {s.seed}. "
                  + ("" if study.scale == "paper" else "Reduced from the paper: a fraction of the feature budget, of "

@@ -75,19 +75,16 @@ def test_cone_statistics_follow_the_documents():
     doc = _cone_doc([[4, 0, 0, 0], [0, 2, 2, 0]])
     fr = doc_fractions(doc)
     assert np.allclose(fr["blocks"][1], [0, 0.5, 0.5, 0])
-    # block 0 varies across runs, block 1 does not; net-wise distributions converge over epochs
-    docs = {}
-    for k, shift in enumerate([0, 2, 4]):
-        for i, e in enumerate([1, 2, 3, 4]):
-            moving = max(0, 8 - 2 ** i)  # filter-channels still moving from state 0 to state 3: 7, 6, 4, 0
-            docs[(k, e)] = _cone_doc([[8 - shift, shift, 0, 0], [4, 0, 0, 4]] if i == 0 else
-                                     [[8 - shift, shift, 0, 0], [moving // 2, 0, 0, 8 - moving // 2]])
+    # block 0 differs between runs, block 1 does not; block 1 moves to state 3 ever more slowly (8, 12, 14, 15 of 16)
+    docs = {(k, e): _cone_doc([[8 - shift, shift, 0, 0], [16 - m, 0, 0, m]])
+            for k, shift in enumerate([0, 2, 4]) for e, m in zip([1, 2, 3, 4], [8, 12, 14, 15])}
     var = block_variance(docs, [0, 1, 2], [1, 2, 3, 4])
     assert var.shape == (4, 2) and np.all(var[:, 0] > var[:, 1])
     dist = consecutive_distances(docs, [0, 1, 2], [1, 2, 3, 4])
     assert dist.shape == (3, 3) and np.all(np.diff(dist, axis=1) <= 0)
     (c_var, c_stab), _, _ = claims(docs, [0, 1, 2], [1, 2, 3, 4])
     assert c_var.verdict == HOLDS and c_var.value < 0
+    assert c_stab.verdict == HOLDS and c_stab.value < 0
 
 
 def test_depth_slope_and_feature_amounts_rule():
@@ -99,11 +96,22 @@ def test_depth_slope_and_feature_amounts_rule():
     recs = [{"VariantId": "a", "Mean": 0.0, "BestVal": 89.0, "Parameters": 10},
             {"VariantId": "b", "Mean": 14.0, "BestVal": 70.0, "Parameters": 10},
             {"VariantId": "ref", "Mean": None, "BestVal": 90.0, "Parameters": 12}]
-    c1, c2, rows = early_claim(recs, 16, 2.0)
+    c1, c2, rows = early_claim(recs, 16, 2.0, 10.0)
     assert c1.verdict == HOLDS and c1.value == pytest.approx(-1.0)
     assert c2.verdict == HOLDS and "ranks 1 of 3" in c2.statistic
     recs[0]["BestVal"] = 80.0
-    assert early_claim(recs, 16, 2.0)[0].verdict == FAILS
+    assert early_claim(recs, 16, 2.0, 10.0)[0].verdict == FAILS
+    recs[2]["BestVal"] = 11.0  # a reference at chance level learned nothing: no verdict either way
+    assert early_claim(recs, 16, 2.0, 10.0)[0].verdict == INCONCLUSIVE
+
+
+def test_feature_amounts_grid_spreads_over_mean_and_skew():
+    from projects.feature_amounts.study import choose_grid
+    from projects.feature_amounts.variants import generate_variants
+
+    grid = choose_grid(generate_variants(16, 16, 0.05), 12)
+    assert len(grid) == 12 == len({(v.mean, v.skew) for v in grid})
+    assert len({v.mean for v in grid}) >= 8 and min(v.skew for v in grid) < 0 < max(v.skew for v in grid)
 
 
 def test_hyperplane_regularity_rule():
