@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import html
 import inspect
@@ -154,6 +155,7 @@ class ChildRun:
     run_ids: list[str] = field(default_factory=list)  # every run of this child (nested runs included)
 
 
+@functools.lru_cache(maxsize=1)
 def _cli_root():
     import typer.main
 

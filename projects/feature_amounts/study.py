@@ -116,12 +116,16 @@ def early_claim(records: list[dict], depth: int, tolerance: float, chance: float
     accs = sorted((float(r["BestVal"]) for r in records), reverse=True)
     rank = accs.index(ref_acc) + 1
     spread = max(accs) - min(accs)
-    # a spread larger than the tolerance means the way the budget is spread matters at this scale
+    # a spread larger than the tolerance means the way the budget is spread matters at this scale, unless most
+    # networks learned nothing (median within the tolerance of chance): then the range is noise
+    median = float(sorted(accs)[len(accs) // 2])
+    v2 = INCONCLUSIVE if median <= chance + tolerance else (HOLDS if spread > tolerance else FAILS)
     c2 = Claim("budget_spread_matters", QUOTE, SEED,
                f"range (max − min) of accuracy over the {len(records)} networks at the same budget; the reference "
                f"ranks {rank} of {len(records)}", f"range {spread:.2f} pp; accuracies {fmt_spread(accs)} %",
                f"holds if the range exceeds {tolerance:g} pp (where the features go changes accuracy), else does not "
-               "hold", HOLDS if spread > tolerance else FAILS, spread)
+               f"hold; inconclusive when the median network is within {tolerance:g} pp of chance ({chance:.3g}%)",
+               v2, spread)
     rows = [[r.get("VariantId"), r.get("Mean"), r.get("Scale"), r.get("Skew"), r.get("Parameters"), r["BestVal"]]
             for r in sorted(records, key=lambda r: -float(r["BestVal"]))]
     return c1, c2, rows

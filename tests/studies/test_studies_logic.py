@@ -103,6 +103,8 @@ def test_depth_slope_and_feature_amounts_rule():
     assert early_claim(recs, 16, 2.0, 10.0)[0].verdict == FAILS
     recs[2]["BestVal"] = 11.0  # a reference at chance level learned nothing: no verdict either way
     assert early_claim(recs, 16, 2.0, 10.0)[0].verdict == INCONCLUSIVE
+    recs[0]["BestVal"] = 10.5  # the median network at chance: the range is noise
+    assert early_claim(recs, 16, 2.0, 10.0)[1].verdict == INCONCLUSIVE
 
 
 def test_feature_amounts_grid_spreads_over_mean_and_skew():
