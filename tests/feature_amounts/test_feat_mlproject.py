@@ -14,7 +14,7 @@ def commands():
 
 
 def test_entry_points_exist():
-    assert set(commands()) == {"train", "sweep", "optimize", "plot", "optuna_sweep"}
+    assert set(commands()) == {"train", "sweep", "optimize", "plot", "optuna_sweep", "study"}
 
 
 def test_optuna_sweep_entry_point_runs_the_shared_sweep(cli, mlflow_store):

@@ -138,3 +138,21 @@ def test_every_quoted_claim_is_verbatim_in_its_source():
                         (dl, [dl.QUOTE_TITLE]), (fa, [fa.QUOTE])):
         for q in quotes:
             assert quote_in_seed(q, mod.SEED), (mod.__name__, q)
+
+
+@pytest.mark.parametrize("project", ["cone_geometry", "hyperplane_bias", "depth_limit", "feature_amounts"])
+def test_mlproject_study_entry_point_reaches_the_study_command(project, mlflow_store, cli):
+    """The entry point's command line with its defaults parses; an unknown scale then stops it before any run."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    ep = yaml.safe_load((root / "projects" / project / "MLproject").read_text())["entry_points"]["study"]
+    values = {k: v.get("default", "") for k, v in ep["parameters"].items()}
+    values["scale"] = "huge"
+    argv = shlex.split(ep["command"].format(**{k: shlex.quote(str(v)) for k, v in values.items()}))
+    assert argv[:5] == ["python", "-m", "shared.cli", project.replace("_", "-"), "study"]
+    r = cli(*argv[3:])
+    assert r.exit_code == 2 and "--scale must be one of" in r.stderr, r.output
