@@ -15,7 +15,7 @@ import pytest
 from helpers import step_counter
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["hyperplane-bias", "study", "--scale", "smoke", "--seeds", "0", "--epochs", "6"]
+ARGS = ["hyperplane-bias", "study", "--scale", "smoke", "--seeds", "0", "--epochs", "4"]
 BATCHES = math.ceil(1437 / 64)  # digits training split, smoke batch size
 
 
@@ -23,6 +23,7 @@ def _child_runs(client, exps, prefix):
     return [r for r in client.search_runs(exps, filter_string="tags.study_child LIKE '" + prefix + "%'")]
 
 
+@pytest.mark.timeout(1800)  # a loaded machine: start-up alone takes minutes (about 40 s when idle)
 def test_killed_study_resumes_without_training_twice(mlflow_store, cli, tmp_path):
     import mlflow
     from mlflow.tracking import MlflowClient
@@ -40,7 +41,7 @@ def test_killed_study_resumes_without_training_twice(mlflow_store, cli, tmp_path
             exps = [e.experiment_id for e in client.search_experiments()]
             for r in _child_runs(client, exps, "train-noise-seed0"):
                 done = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
-                if r.info.status == "RUNNING" and len(done) >= 2:
+                if r.info.status == "RUNNING" and len(done) >= 1:
                     killed_in = r.info.run_id
                     break
             if killed_in:
@@ -74,12 +75,12 @@ def test_killed_study_resumes_without_training_twice(mlflow_store, cli, tmp_path
     k = int(noise["resumed_from"].rsplit("epoch_", 1)[1][:3])
     assert k >= 1
     # exactly the missing epochs were trained: the rest of the interrupted child, then the shuffle control
-    assert counter.steps == BATCHES * ((6 - k) + 6)
+    assert counter.steps == BATCHES * ((4 - k) + 4)
     assert client.get_run(killed_in).info.status == "KILLED"
     # no epoch logged twice over the interrupted run and its continuation, which holds every snapshot
     epochs = [m.step for rid in (killed_in, noise["run_id"])
               for m in client.get_metric_history(rid, "train_loss")]
-    assert len(epochs) == len(set(epochs)) and max(epochs) == 6
+    assert len(epochs) == len(set(epochs)) and max(epochs) == 4
     snaps = sorted(Path(a.path).name for a in client.list_artifacts(noise["run_id"], "snapshots"))
-    assert snaps == [f"epoch_{e:03d}.pt" for e in range(7)]
+    assert snaps == [f"epoch_{e:03d}.pt" for e in range(5)]
 

@@ -28,6 +28,7 @@ def _study_runs(client, exp_ids):
     return client.search_runs(exp_ids, filter_string="tags.entry_point = 'study'")
 
 
+@pytest.mark.timeout(1800)  # each runs a whole smoke study twice (under a minute each on an idle machine)
 @pytest.mark.parametrize("project", PROJECTS)
 def test_smoke_study_end_to_end_and_rerun_trains_nothing(project, mlflow_store, cli, steps):
     import mlflow
