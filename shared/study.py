@@ -41,6 +41,8 @@ import typer
 from shared.errors import UsageError, check
 
 SCALES = ("smoke", "cpu", "paper")
+#: settings that name a dataset of the registry (`geomlab datasets`)
+DATASET_SETTINGS = ("dataset", "regression", "classification")
 #: where the papers' READMEs and poster text live (quoted claims are checked against them by the tests)
 SEEDS_DIR = Path(os.environ.get("GEOMLAB_SEEDS_DIR", "/work/shared/seeds"))
 
@@ -101,6 +103,12 @@ def resolve_settings(presets: dict[str, Any], scale: str, overrides: dict[str, A
         if given is not None:
             values[f.name] = _parse_value(_kind(f, getattr(base, f.name)), given, f.name.replace("_", "-"))
     out = dataclasses.replace(base, **values)
+    from shared.data import DATASETS
+
+    for name in DATASET_SETTINGS:  # checked here, before the parent run opens
+        value = getattr(out, name, "")
+        check(not value or value in DATASETS, f"--{name} {value!r} is not a registered dataset; use one of: "
+                                              f"{DATASETS.choices()}")
     if hasattr(out, "validate"):
         out.validate()
     return out

@@ -46,6 +46,9 @@ def test_settings_override_and_bad_values():
         resolve_settings(PRESETS, "smoke", {"epochs": "x"})
     with pytest.raises(UsageError, match="at least two"):
         resolve_settings(PRESETS, "smoke", {"alphas": "0.5"})
+    with pytest.raises(UsageError, match="--classification 'cifar11' is not a registered dataset; use one of: .*mnist"):
+        resolve_settings(PRESETS, "smoke", {"classification": "cifar11"})
+    assert resolve_settings(PRESETS, "smoke", {"classification": ""}).classification == ""
 
 
 def test_bad_scale_is_one_line_and_leaves_no_run(mlflow_store, cli):
