@@ -444,6 +444,17 @@ def verdict_by_p(p: float | None, effect: float | None, alpha: float = 0.05, *, 
     return INCONCLUSIVE
 
 
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> tuple[float | None, float | None]:
+    """Spearman's rho and its two-sided p-value (scipy); (None, None) when a column is constant."""
+    from scipy.stats import spearmanr
+
+    if len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None, None
+    r = spearmanr(xs, ys)
+    rho, p = float(r.statistic), float(r.pvalue)
+    return (None, None) if math.isnan(rho) else (rho, p)
+
+
 def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, float]:
     """Mean, standard deviation (ddof 1), and Student's t interval mean ± t(level, n-1) sd / sqrt(n) (nan for n < 2)."""
     import numpy as np

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.errors import check
-from shared.study import Claim, Report, Study, fmt_spread, setting, verdict_by_p
+from shared.study import Claim, Report, Study, fmt_spread, setting, spearman, verdict_by_p
 
 SEED = "002_c8e1d96860136141.txt"
 QUOTE_VAR = "Low variance for higher blocks."
@@ -102,22 +102,13 @@ def consecutive_distances(docs: dict, seeds, epochs) -> "np.ndarray":
     return np.asarray(out)
 
 
-def _spearman(xs, ys):
-    from scipy.stats import spearmanr
-
-    if len(set(xs)) < 2 or len(set(ys)) < 2:
-        return None, None
-    r = spearmanr(xs, ys)
-    return float(r.statistic), float(r.pvalue)
-
-
 def claims(docs: dict, seeds, epochs) -> tuple[list[Claim], "np.ndarray", "np.ndarray"]:
     import numpy as np
 
     var = block_variance(docs, seeds, epochs)
     nb = var.shape[1]
     xs = [b for _ in epochs for b in range(nb)]
-    rho, p = _spearman(xs, [float(v) for v in var.ravel()])
+    rho, p = spearman(xs, [float(v) for v in var.ravel()])
     means = ", ".join(f"block {b}: {fmt_spread(list(var[:, b]))}" for b in range(nb))
     c1 = Claim("low_variance_higher_blocks", QUOTE_VAR, SEED,
                f"variance across {len(seeds)} runs of each block's state distribution (summed over the 4 states) at "
@@ -127,7 +118,7 @@ def claims(docs: dict, seeds, epochs) -> tuple[list[Claim], "np.ndarray", "np.nd
                                    "inconclusive", verdict_by_p(p, rho, positive=False), rho)
     dist = consecutive_distances(docs, seeds, epochs)
     ts = [i for _ in seeds for i in range(1, len(epochs))]
-    rho2, p2 = _spearman(ts, [float(v) for v in dist.ravel()])
+    rho2, p2 = spearman(ts, [float(v) for v in dist.ravel()])
     per_step = ", ".join(f"{epochs[i - 1]}→{epochs[i]}: {fmt_spread(list(dist[:, i - 1]))}"
                          for i in range(1, len(epochs)))
     c2 = Claim("distribution_stabilizes", QUOTE_STABLE, SEED,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.study import Claim, Report, Study, fmt_spread, mean_ci, setting, verdict_by_interval, verdict_by_p
+from shared.study import (Claim, Report, Study, fmt_spread, mean_ci, setting, spearman, verdict_by_interval,
+                          verdict_by_p)
 from shared.errors import check
 
 SEED = "001_0d6e72c4d5690c7b.txt"
@@ -104,15 +105,10 @@ def regularity_claims(bias: dict[str, dict[int, float]]) -> list[Claim]:
 
 def critical_claim(correlations: list[dict]) -> Claim:
     """Spearman's rho of bias vs re-initialization drop (to epoch 0), over every (seed, layer) pair."""
-    from scipy.stats import spearmanr
-
     xs = [r["bias"] for c in correlations for r in c["rows"]]
     ys = [r["drop"] for c in correlations for r in c["rows"]]
     per_seed = [c["spearman"]["bias"]["rho"] for c in correlations if c["spearman"]["bias"]["rho"] is not None]
-    rho = p = None
-    if len(set(xs)) > 1 and len(set(ys)) > 1:
-        r = spearmanr(xs, ys)
-        rho, p = float(r.statistic), float(r.pvalue)
+    rho, p = spearman(xs, ys)
     measured = (f"rho = {rho:+.3f}, p = {p:.3g} over {len(xs)} (seed, layer) pairs" if rho is not None
                 else f"undefined (constant column) over {len(xs)} pairs") + \
         f"; per seed rho = {fmt_spread(per_seed)}"
