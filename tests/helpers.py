@@ -58,3 +58,17 @@ def write_cifar_like(root: Path, n_per_batch: int = 20, n_test: int = 40, seed: 
     with open(d / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": n_per_batch}, f)
     return Path(root)
+
+
+def step_counter():
+    """A shared.train Callback counting the optimizer steps of every training loop it is attached to."""
+    from shared.train import Callback
+
+    class StepCounter(Callback):
+        def __init__(self):
+            self.steps = 0
+
+        def on_step_end(self, trainer, loss, output, y):
+            self.steps += 1
+
+    return StepCounter()

@@ -189,3 +189,15 @@ def plot_cmd(
     _single_process("plot")
     check(len(sources) > 0, "pass at least one nesting JSON file or run id")
     plot_documents(collect_documents(sources), out_dir=out_dir, all_epochs=all_epochs, run_name=run_name)
+
+
+# -- study (issue 13): the paper's experiment end to end, see study.py ------------------------------------------
+def _register_study() -> None:
+    from shared.study import register_study
+
+    from . import study
+
+    register_study(app, "cone_geometry", study.PRESETS, study.run, study.__doc__.split("\n\n")[0])
+
+
+_register_study()

@@ -281,3 +281,15 @@ def curve_fit_cmd(
     typer.echo("SD of the parameters: " + " ".join(f"{v:.6g}" for v in fit.sd.values()))
     typer.echo("Estimated parameters std error: " + " ".join(f"{v:.6g}" for v in fit.std_error.values()))
     typer.echo(f"{fit.n_points} points fitted; figure {res.get('figure')}; run {res['run_id']}")
+
+
+# -- study (issue 13): the paper's experiment end to end, see study.py ------------------------------------------
+def _register_study() -> None:
+    from shared.study import register_study
+
+    from . import study
+
+    register_study(app, "depth_limit", study.PRESETS, study.run, study.__doc__.split("\n\n")[0])
+
+
+_register_study()

@@ -275,3 +275,15 @@ def plot_cmd(
 
 #: Per-epoch metrics our commands add to the shared Trainer's (for `geomlab sweep feature_amounts <command>`).
 SWEEP_METRICS = {"train": ["lr_last_step", "sgdr_cycle"]}
+
+
+# -- study (issue 13): the paper's experiment end to end, see study.py ------------------------------------------
+def _register_study() -> None:
+    from shared.study import register_study
+
+    from . import study
+
+    register_study(app, "feature_amounts", study.PRESETS, study.run, study.__doc__.split("\n\n")[0])
+
+
+_register_study()

@@ -216,3 +216,15 @@ def correlate(
                             dataset=_given(dataset), results=_given(out_dir), run_name=run_name)
     typer.echo(info["table"])
     _done("correlate", info)
+
+
+# -- study (issue 13): the paper's experiment end to end, see study.py ------------------------------------------
+def _register_study() -> None:
+    from shared.study import register_study
+
+    from . import study
+
+    register_study(app, "hyperplane_bias", study.PRESETS, study.run, study.__doc__.split("\n\n")[0])
+
+
+_register_study()

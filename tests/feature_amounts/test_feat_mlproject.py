@@ -14,7 +14,7 @@ def commands():
 
 
 def test_entry_points_exist():
-    assert set(commands()) == {"train", "sweep", "optimize", "plot"}
+    assert set(commands()) == {"train", "sweep", "optimize", "plot", "study"}
 
 
 def test_the_root_sweep_entry_point_runs_the_shared_sweep_of_this_project(cli, mlflow_store):
