@@ -192,3 +192,7 @@ def plot_cmd(
     _single_process("plot")
     check(len(sources) > 0, "pass at least one nesting JSON file or run id")
     plot_documents(collect_documents(sources), out_dir=out_dir, all_epochs=all_epochs, run_name=run_name)
+
+
+#: Options a `geomlab sweep cone_geometry <command>` space must give although they default to None.
+SWEEP_REQUIRED = {"train": ["arch"]}

@@ -219,3 +219,7 @@ def correlate(
                             dataset=_given(dataset), results=_given(out_dir), run_name=run_name)
     typer.echo(info["table"])
     _done("correlate", info)
+
+
+#: Options a `geomlab sweep hyperplane_bias <command>` space must give although they default to None.
+SWEEP_REQUIRED = {"train": ["arch"]}

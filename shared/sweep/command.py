@@ -159,7 +159,7 @@ def check_space(space: Space, target: Target) -> None:
         probe(point)
     for name in sorted(target.required):
         known, value = effective(space, target, name)
-        check(not known or value is not None,
+        check(not known or value not in (None, ""),
               f"space file {space.path}: `{target.prog}` needs --{name.replace('_', '-')}; add `{name}: ...` under "
               f"fixed: (or sweep it under params:)")
 

@@ -125,10 +125,10 @@ class Sweep:
         self.sampler_factory = SAMPLERS.get(s.sampler)
         epochs = self.space.fixed.get("epochs")
         self.pruner = PRUNERS.get(s.pruner)(epochs if isinstance(epochs, int) else None)
-        self.target_n = s.n_trials
+        self.grid_size = None
         if s.sampler == "grid":
             self.sampler_factory(self.space, None)  # checks the grid can be enumerated
-            self.target_n = min(s.n_trials, self.space.grid_size())
+            self.grid_size = self.space.grid_size()
         s.storage = normalize_storage(s.storage)
         self.lock = StudyLock(s.storage, s.study)
         self.lock.connect()
@@ -236,6 +236,14 @@ class Sweep:
         return shlex.join(parts)
 
     # -- the loop ------------------------------------------------------------------------------------------------
+    @property
+    def target_n(self) -> int:
+        """The budget: --n-trials, capped by the grid's valid points (its size less the invalid points seen)."""
+        if self.grid_size is None:
+            return self.s.n_trials
+        invalid = len({repr(t.params) for t in self.study.get_trials(deepcopy=False) if "invalid" in t.user_attrs})
+        return min(self.s.n_trials, self.grid_size - invalid)
+
     def counts(self) -> dict[str, int]:
         """Trials by state; a PRUNED trial that was an invalid point counts as INVALID; DONE is what the budget
         counts (COMPLETE + PRUNED)."""
@@ -274,9 +282,10 @@ class Sweep:
             self._fail_stale()
             c = self.counts()
             done, running, waiting = c["DONE"], c["RUNNING"], c["WAITING"]
-            if done >= self.target_n:
+            target = self.target_n
+            if done >= target:
                 return None
-            if waiting == 0 and done + running >= self.target_n:
+            if waiting == 0 and done + running >= target:
                 return WAIT
             if self.s.seed is not None and self.s.sampler != "grid":
                 # distinct, reproducible streams per trial number, whichever worker runs it
