@@ -56,12 +56,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (schedulers, preemption) handled like Ctrl-C."""
 
 
+_received: list[str] = []  # the signals that interrupted this process (a command may re-raise its own interrupt)
+
+
 def _on_sigterm(signum, frame):
+    _received.append("SIGTERM")
     raise Terminated()
 
 
 def _signal_name(e: BaseException) -> str:
-    return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
+    return "SIGTERM" if isinstance(e, Terminated) or "SIGTERM" in _received else "SIGINT"
 
 
 class _deferred_signals:
@@ -393,7 +397,7 @@ class Sweep:
             out.state = "FAIL"
         shown = "INVALID" if out.invalid else out.state
         for run in runs:
-            if interrupted and run.info.status in ("RUNNING", "FAILED"):
+            if interrupted and run.info.status != "KILLED":  # the trial is retried as a whole: all its runs
                 self.client.set_terminated(run.info.run_id, "KILLED")
             self.client.set_tag(run.info.run_id, "state", shown)
         if out.value is not None and out.state != "FAIL":

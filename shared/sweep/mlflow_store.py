@@ -3,6 +3,7 @@ faults turned into one-line errors that name the store and the cause."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from typing import Iterator
 
@@ -33,13 +34,19 @@ def describe_fault(uri: str, e: BaseException) -> str:
 
 @contextlib.contextmanager
 def tracking_faults(uri: str) -> Iterator[None]:
-    """Any failure of the tracking store inside becomes :class:`UsageError` (one line, exit 2)."""
+    """Any failure of the tracking store inside becomes :class:`UsageError` (one line, exit 2); MLflow's own ERROR
+    log of it (a traceback) does not reach stderr."""
+    log = logging.getLogger("mlflow")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
     try:
         yield
     except UsageError:
         raise
     except Exception as e:
         raise UsageError(describe_fault(uri, e)) from None
+    finally:
+        log.setLevel(level)
 
 
 def check_tracking() -> str:
