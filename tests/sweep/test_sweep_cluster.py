@@ -42,6 +42,66 @@ def _pg_bin() -> Path | None:
     return None
 
 
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _recipe() -> str:
+    text = README.read_text()
+    return text[text.index("## Running on a cluster"):text.index("## Security")]
+
+
+def _readme_server_command(backend: str, artifacts: Path, port: int) -> list[str]:
+    """The README's `mlflow server` command, with this test's database, artifact root, address and port."""
+    import shlex
+
+    lines = _recipe().splitlines()
+    i = next(n for n, line in enumerate(lines) if line.strip().startswith("mlflow server"))
+    cmd = ""
+    while True:
+        line = lines[i].split("#")[0].strip()
+        cmd += " " + line.rstrip("\\")
+        if not line.endswith("\\"):
+            break
+        i += 1
+    argv = shlex.split(cmd)
+    subst = {"postgresql+psycopg2://geomlab@db-host:5432/mlflow": backend, "/data/mlartifacts": str(artifacts),
+             "10.0.0.5": "127.0.0.1", "5000": str(port)}
+    assert all(k in argv for k in subst), argv
+    return [subst.get(a, a) for a in argv[2:]]
+
+
+def _readme_auth_ini(database_uri: str) -> str:
+    """The README's basic-auth ini, with this test's auth database and admin password."""
+    import configparser
+
+    block = _recipe().split("# ~/mlflow-auth.ini\n", 1)[1].split("```", 1)[0]
+    ini = configparser.ConfigParser()
+    ini.read_string("\n".join(line.strip() for line in block.splitlines()))
+    assert ini["mlflow"]["admin_password"].startswith("<")  # a placeholder, no password in the docs
+    ini["mlflow"]["admin_password"] = ADMIN_PASSWORD
+    ini["mlflow"]["database_uri"] = database_uri
+    import io
+
+    out = io.StringIO()
+    ini.write(out)
+    return out.getvalue()
+
+
+def test_the_readme_recipe_keeps_secrets_off_command_lines():
+    recipe = _recipe()
+    code = "\n".join(b for i, b in enumerate(recipe.split("```")) if i % 2)
+    assert not re.search(r"://[^/\s:@]+:[^@\s]+@", code), "a password in a URL of the recipe"
+    assert "--host 0.0.0.0" not in README.read_text() and "StrictHostKeyChecking" not in README.read_text()
+    assert "--app-name basic-auth" in code and "--storage" not in code.split("geomlab sweep", 1)[1].split("```")[0]
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "GEOMLAB_OPTUNA_STORAGE",
+                "MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert f"{var}=" in code, var
+    assert "db-host:5432:*:geomlab:<the password>" in code  # the pgpass line the test writes
+    makefile = (README.parent / "Makefile").read_text()
+    ui = next(line for line in makefile.splitlines() if "mlflow ui" in line)
+    assert "--host 127.0.0.1" in ui
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,7 +170,7 @@ def postgres():
             cur.execute("CREATE DATABASE mlflow")
         conn.close()
         pgpass = base / "pgpass"  # what the README tells every machine to write (mode 0600, else libpq ignores it)
-        pgpass.write_text(f"127.0.0.1:{port}:*:geomlab:{PG_PASSWORD}\n")
+        pgpass.write_text(f"127.0.0.1:{port}:*:geomlab:{PG_PASSWORD}\n")  # the README's line, this host and port
         pgpass.chmod(0o600)
         os.environ["PGPASSFILE"] = str(pgpass)  # this test process (optuna.load_study) and every child
         yield f"postgresql+psycopg2://geomlab@127.0.0.1:{port}"  # no password in any URL
@@ -138,19 +198,14 @@ def mlflow_server(postgres, tmp_path):
     only read: `default_permission = READ`). Yields its http URI."""
     port = _free_port()
     auth = tmp_path / "basic_auth.ini"
-    auth.write_text("[mlflow]\ndefault_permission = READ\n"
-                    f"database_uri = sqlite:///{tmp_path / 'basic_auth.db'}\n"
-                    f"admin_username = admin\nadmin_password = {ADMIN_PASSWORD}\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    auth.write_text(_readme_auth_ini(f"sqlite:///{tmp_path / 'basic_auth.db'}"))
     auth.chmod(0o600)
     log = open(tmp_path / "mlflow-server.log", "w")
     mlflow_exe = Path(sys.executable).with_name("mlflow")
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_AUTH_CONFIG_PATH": str(auth),
            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key"}
-    proc = subprocess.Popen([str(mlflow_exe), "server", "--app-name", "basic-auth",
-                             "--backend-store-uri", f"{postgres}/mlflow",
-                             "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "1"],
+    argv = _readme_server_command(f"{postgres}/mlflow", tmp_path / "artifacts", port)
+    proc = subprocess.Popen([str(mlflow_exe), "server", *argv, "--workers", "1"],  # one worker: a 2-core machine
                             cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
