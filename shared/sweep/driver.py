@@ -69,7 +69,8 @@ def _signal_name(e: BaseException) -> str:
 
 
 class _deferred_signals:
-    """Inside: SIGINT and SIGTERM wait until the block is done (recording an interrupted trial must finish)."""
+    """Inside: further SIGINT and SIGTERM are ignored (the worker is already stopping, and recording the
+    interrupted trial must finish)."""
 
     def __enter__(self):
         self._pending: list[int] = []
