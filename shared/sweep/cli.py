@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
         storage: Annotated[str, typer.Option(envvar=STORAGE_ENV, show_envvar=True, show_default=False,
                                              help="Optuna storage URL shared by all workers: "
                                                   "postgresql://user@host/db for several machines, the password in "
-                                                  "~/.pgpass or PGPASSFILE, never in the URL [default: "
-                                                  "sqlite:///<cwd>/optuna.db].")] = "",
+                                                  "~/.pgpass or PGPASSFILE, never in the URL (default: "
+                                                  "sqlite:///<cwd>/optuna.db).")] = "",
         sampler: Annotated[str, typer.Option(help="tpe (default), grid (every combination; floats need a step) or "
                                                   "random.")] = "tpe",
         pruner: Annotated[str, typer.Option(help="Stop unpromising trials early on the per-epoch metric: median, "
