@@ -346,8 +346,8 @@ class Sweep:
         except UsageError as e:
             out = Outcome("FAIL", error=str(e))
         except Exception as e:  # a failed trial is recorded; the sweep goes on (up to --max-failures in a row)
-            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-            out = Outcome("FAIL", error=f"{type(e).__name__}: {first_line(e)}")
+            out = Outcome("FAIL", error=f"{type(e).__name__}: {first_line(e)}",
+                          traceback=traceback.format_exc()[-4000:])
         finally:
             shared.train.GLOBAL_CALLBACKS.remove(reporter)
             Tracker.default_tags = old_tags
@@ -380,13 +380,15 @@ class Sweep:
         import optuna
 
         state = optuna.trial.TrialState[out.state]
-        if out.error:
-            trial.set_user_attr("error", out.error[:2000])
-        if out.invalid:
-            trial.set_user_attr("invalid", out.invalid[:2000])
         runs = self._trial_runs(trial.number)
-        trial.set_user_attr("mlflow_run_ids", [r.info.run_id for r in runs])
-        try:
+        try:  # another worker may have failed the trial meanwhile (no heartbeat): then nothing of it can change
+            if out.error:
+                trial.set_user_attr("error", out.error[:2000])
+            if out.invalid:
+                trial.set_user_attr("invalid", out.invalid[:2000])
+            if out.traceback:
+                trial.set_user_attr("traceback", out.traceback)
+            trial.set_user_attr("mlflow_run_ids", [r.info.run_id for r in runs])
             with quiet_optuna():
                 if state == optuna.trial.TrialState.COMPLETE:
                     self.study.tell(trial, out.value)

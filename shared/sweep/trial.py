@@ -81,5 +81,6 @@ class Outcome:
     error: str | None = None
     fatal: bool = False  # stop the sweep (configuration error)
     invalid: str | None = None  # not a valid point of the command (recorded as PRUNED, not counted in the budget)
+    traceback: str | None = None  # of an unexpected exception
 
 

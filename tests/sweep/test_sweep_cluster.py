@@ -66,8 +66,13 @@ def _readme_server_command(backend: str, artifacts: Path, port: int) -> list[str
     argv = shlex.split(cmd)
     subst = {"postgresql+psycopg2://geomlab@db-host:5432/mlflow": backend, "/data/mlartifacts": str(artifacts),
              "10.0.0.5": "127.0.0.1", "5000": str(port)}
-    assert all(k in argv for k in subst), argv
-    return [subst.get(a, a) for a in argv[2:]]
+    assert all(any(k in a for a in argv) for k in subst), argv
+    out = []
+    for a in argv[2:]:
+        for k, v in subst.items():
+            a = a.replace(k, v)
+        out.append(a)
+    return out
 
 
 def _readme_auth_ini(database_uri: str) -> str:
@@ -246,8 +251,7 @@ def _worker_env(mlflow_server: str, storage: str, user: str | None, password: st
 
 def _sweep_cmd(space: Path, study: str, n: int) -> list[str]:
     return [sys.executable, "-c", "import sys; from shared.cli import main; main(sys.argv[1:])", "sweep", "shared",
-            "train", "--space", str(space), "--n-trials", str(n), "--study", study, "--metric", "test_acc",
-            "--heartbeat", "5"]
+            "train", "--space", str(space), "--n-trials", str(n), "--study", study, "--metric", "test_acc"]
 
 
 def _refused(cmd, env, cwd) -> str:
