@@ -99,3 +99,7 @@ def root_app(help: str = HELP) -> typer.Typer:
     for name, module in project_apps().items():
         app.add_typer(importlib.import_module(module).app, name=name)
     return app
+
+
+#: Options `geomlab sweep shared <command>` needs in the space although they default to None (see shared.sweep.command).
+SWEEP_REQUIRED = {"train": ["arch"]}

@@ -20,3 +20,9 @@ def check(condition: bool, message: str) -> None:
     """Raise :class:`UsageError` with ``message`` unless ``condition`` holds."""
     if not condition:
         raise UsageError(message)
+
+
+class InvalidPoint(UsageError):
+    """Options that are each valid but do not make a valid configuration together (e.g. a feature_amounts variant
+    that the original's rules reject). A sweep records such a trial as invalid and samples another one: it does not
+    count towards ``--n-trials`` nor as a failure."""

@@ -191,6 +191,10 @@ def plot_cmd(
     plot_documents(collect_documents(sources), out_dir=out_dir, all_epochs=all_epochs, run_name=run_name)
 
 
+#: Options a `geomlab sweep cone_geometry <command>` space must give although they default to None.
+SWEEP_REQUIRED = {"train": ["arch"]}
+
+
 # -- study (issue 13): the paper's experiment end to end, see study.py ------------------------------------------
 def _register_study() -> None:
     from shared.study import register_study

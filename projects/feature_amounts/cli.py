@@ -1,7 +1,8 @@
 """``geomlab feature-amounts``: layer-wise feature budget variants of VGG (Mundt et al. 2018).
 
-Commands: ``variants`` (list the architectures), ``train`` (one network), ``sweep`` (many, resumable), ``optimize``
-(Optuna over the distribution or the widths), ``plot`` (figures of a sweep).
+Commands: ``variants`` (list the architectures), ``train`` (one network), ``sweep`` (many, resumable), ``plot``
+(figures of a sweep). Optuna over (mean, scale, skew) is ``geomlab sweep feature_amounts train --space
+projects/feature_amounts/spaces/optimize.yaml``: a point the original's rules reject is recorded as invalid.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import typer
 
 from shared import options as opt
 from shared.app import make_app
-from shared.errors import UsageError, check
+from shared.errors import InvalidPoint, UsageError, check
 
 app = make_app("Layer-wise feature amounts (Mundt et al. 2018, arXiv:1812.05836): skew-normal redistributions of "
                "VGG's features, trained with SGDR and automatic micro-batch splitting; sweeps and Optuna studies logged "
@@ -192,8 +193,9 @@ def train_cmd(
         check(all(given), "--mean, --scale and --skew go together; give all three")
         v = make_variant(mean, scale, skew, opts.vgg_depth, opts.patch_size, opts.width_multiplier)
         why = invalid_reason(v)
-        check(why is None or allow_invalid, f"the original's rules reject this variant: {why}; "
-              "pass --allow-invalid to train it anyway")
+        if why is not None and not allow_invalid:  # a sweep records it as invalid and samples another point
+            raise InvalidPoint(f"the original's rules reject this variant: {why}; pass --allow-invalid to train it "
+                               "anyway")
         target = Target(f"m{mean:g}_s{scale:g}_a{skew:g}", v.widths, None, v.mean, v.scale, v.skew)
     elif widths is not None:
         target = parse_widths(widths, opts)
@@ -225,38 +227,6 @@ def sweep_cmd(*, o: opt.Values) -> None:
     out = sweep(targets, dcfg, tcfg, opts, out_dir=o.out_dir, run_name=o.run_name, fresh=o.fresh)
     typer.echo(f"sweep run {out.parent_run_id}: {len(out.trained)} trained, {len(out.skipped)} already done, "
                f"{len(out.resumed)} resumed, {len(out.failed)} failed; CSV {out.csv_path}")
-
-
-@app.command("optimize")
-@opt.options(opt.DATA, opt.TRAIN, MODEL, opt.RUN_NAME, defaults=DEFAULTS, exclude=NOT_HERE + ("resume_from",))
-def optimize_cmd(
-    *,
-    space: Annotated[str, typer.Option(help="skewnormal: search (mean, scale, skew); widths: search per-layer shares "
-                                            "of the budget directly.")] = "skewnormal",
-    n_trials: Annotated[int, typer.Option(help="Trials (complete + pruned) the study should hold.")] = 50,
-    storage: Annotated[Optional[str], typer.Option(help="Optuna storage URL (default "
-                                                         "sqlite:///optuna-feature-amounts.db).")] = None,
-    study_name: Annotated[str, typer.Option(help="Study name in the storage.")] = "feature-amounts",
-    sampler_seed: Annotated[int, typer.Option(help="Seed of the TPE sampler.")] = 0,
-    pruner: Annotated[str, typer.Option(help="median, hyperband or none (fed by per-epoch validation "
-                                             "accuracy).")] = "median",
-    pruner_warmup: Annotated[int, typer.Option(help="Epochs before the median pruner may stop a trial.")] = 1,
-    grid: Annotated[bool, typer.Option(help="Restrict (mean, scale, skew) to the original's grid steps.")] = False,
-    reset_running: Annotated[bool, typer.Option(help="Mark trials left running by a stopped process as failed and "
-                                                     "queue them again (off when workers share a study).")] = True,
-    o: opt.Values,
-) -> None:
-    """Optuna study (TPE) maximizing the best validation accuracy; each trial is a child run; resumable."""
-    from .optimize import optimize
-
-    dcfg, tcfg, opts = _configs(o)
-    out = optimize(space, n_trials, dcfg, tcfg, opts, storage=storage, study_name=study_name,
-                   sampler_seed=sampler_seed, pruner=pruner, pruner_warmup=pruner_warmup, grid=grid,
-                   reset_running=reset_running, run_name=o.run_name)
-    best = f"best BestVal {out.best_value:.2f}% at {out.best_params}" if out.best_value is not None else \
-        "no trial completed"
-    typer.echo(f"study {out.study_name} ({out.storage}), run {out.parent_run_id}: {out.n_complete} complete, "
-               f"{out.n_pruned} pruned; {best}")
 
 
 @app.command("plot")

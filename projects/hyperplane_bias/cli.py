@@ -218,6 +218,10 @@ def correlate(
     _done("correlate", info)
 
 
+#: Options a `geomlab sweep hyperplane_bias <command>` space must give although they default to None.
+SWEEP_REQUIRED = {"train": ["arch"]}
+
+
 # -- study (issue 13): the paper's experiment end to end, see study.py ------------------------------------------
 def _register_study() -> None:
     from shared.study import register_study

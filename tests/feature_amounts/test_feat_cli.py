@@ -1,4 +1,4 @@
-"""CLI integration: variants, train, sweep (+ skip on re-run), plot, optimize (+ continue), on digits, tiny widths."""
+"""CLI integration: variants, train, sweep (+ skip on re-run), plot, on digits, tiny widths."""
 import json
 import math
 
@@ -110,29 +110,3 @@ def test_sweep_skips_finished_and_plot(cli, mlflow_store, tmp_path):
     assert plot_run.data.tags["source_run_id"] == parent.info.run_id
     r4 = cli("feature-amounts", "plot", "not-a-run")
     assert r4.exit_code == 2
-
-
-def test_optimize_continues_study(cli, mlflow_store, tmp_path):
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    base = ["feature-amounts", "optimize", *QUICK, "--epochs", "1", "--storage", storage, "--study-name", "s",
-            "--grid"]
-    r = cli(*base, "--n-trials", "2")
-    assert r.exit_code == 0, r.output
-    import optuna
-
-    study = optuna.load_study(study_name="s", storage=storage)
-    assert len(study.trials) >= 2
-    r = cli(*base, "--n-trials", "3")
-    assert r.exit_code == 0, r.output
-    study = optuna.load_study(study_name="s", storage=storage)
-    done = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED") and "invalid" not in t.user_attrs]
-    assert len(done) == 3
-    invalid = [t for t in study.trials if "invalid" in t.user_attrs]
-    assert all(t.state.name == "PRUNED" and "run_id" not in t.user_attrs for t in invalid)
-    (parent,) = runs("tags.`fa.role` = 'study'")  # the same parent run was continued
-    trial_runs = runs(f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    trained = [t for t in done if "run_id" in t.user_attrs]
-    assert len(trained) == 3 and len(trial_runs) == 3
-    assert sorted(r.info.run_id for r in trial_runs) == sorted(t.user_attrs["run_id"] for t in trained)
-    for t in trained:
-        assert t.params["scale"] in [0.5 * k for k in range(1, 12)]

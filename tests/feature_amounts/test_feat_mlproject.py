@@ -14,7 +14,7 @@ def commands():
 
 
 def test_entry_points_exist():
-    assert set(commands()) == {"train", "sweep", "optimize", "plot", "study"}
+    assert set(commands()) == {"train", "sweep", "plot", "study"}
 
 
 def test_the_root_sweep_entry_point_runs_the_shared_sweep_of_this_project(cli, mlflow_store):
@@ -29,7 +29,7 @@ def test_the_root_sweep_entry_point_runs_the_shared_sweep_of_this_project(cli, m
     assert "No such option" not in r.output and "storage" in r.stderr
 
 
-@pytest.mark.parametrize("name", ["train", "sweep", "optimize", "plot"])
+@pytest.mark.parametrize("name", ["train", "sweep", "plot"])
 def test_entry_point_parses(name, cli, mlflow_store):
     ep = commands()[name]
     values = {k: v.get("default", "") for k, v in ep["parameters"].items()}

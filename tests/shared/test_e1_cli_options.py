@@ -24,7 +24,7 @@ def _commands(group, prefix=("geomlab",)):
 ROOT = typer.main.get_command(app)
 COMMANDS = dict(_commands(ROOT))
 #: Replaced by a `geomlab sweep` space (issue 10 item 1, helper "sweep"); its study options are its own.
-NOT_COMPARED = {"geomlab feature-amounts optimize"}
+NOT_COMPARED: set[str] = set()
 
 
 def _visible(cmd):

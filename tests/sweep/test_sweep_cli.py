@@ -17,7 +17,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from shared.sweep import PRUNERS
+from shared.sweep.samplers import PRUNERS
 
 SPACE = """\
 params:

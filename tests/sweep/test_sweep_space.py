@@ -10,8 +10,19 @@ import optuna
 import pytest
 
 from shared.errors import UsageError
-from shared.sweep import (TrialReporter, check_metric, check_space, command_args, load_space, normalize_storage,
-                          resolve_command)
+from shared.sweep import command as _command
+from shared.sweep.command import check_metric, check_space, command_args
+from shared.sweep.space import load_space
+from shared.sweep.storage import normalize_storage
+from shared.sweep.trial import TrialReporter
+
+
+def resolve_command(project, entry):
+    import typer.main
+
+    from shared.cli import app
+
+    return _command.resolve_command(typer.main.get_command(app), project, entry)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,7 +51,7 @@ def test_space_parses_all_kinds(tmp_path):
 
 
 def test_grid_enumeration(tmp_path):
-    from shared.sweep import _grid
+    from shared.sweep.samplers import _grid
 
     sp = load_space(_space(tmp_path, """
         params:
