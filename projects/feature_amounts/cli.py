@@ -213,7 +213,7 @@ def train_cmd(
 
 
 @app.command("sweep")
-@opt.options(SELECT, opt.FRESH, opt.DATA, opt.TRAIN, MODEL, opt.RUN_OUTPUT, defaults=DEFAULTS,
+@opt.options(SELECT, opt.DATA, opt.TRAIN, MODEL, opt.RUN_OUTPUT, defaults=DEFAULTS,
              exclude=NOT_HERE + ("resume_from",))
 def sweep_cmd(*, o: opt.Values) -> None:
     """Train all variants (or a selection) as child runs of one parent run; re-run the same command to continue."""
