@@ -19,7 +19,7 @@ from torch import nn
 
 from shared.data import DataConfig
 from shared.errors import UsageError, check
-from shared.files import load_snapshot
+from shared.files import ensure_writable_dir, load_snapshot
 from shared.models import model_spec
 from shared.train import TrainConfig, describe_differences, option_name, parse_overrides, snapshot_differences
 
@@ -98,6 +98,8 @@ def plan_resume(*, out_dir: str | os.PathLike | None, resume_from: str | None, f
     allowed = parse_overrides(resume_override)
     check(not (fresh and resume_from), "--fresh and --resume-from exclude each other: --fresh starts at epoch 0")
     check(not allowed or resume_from, "--resume-override needs --resume-from (the snapshot to continue)")
+    if out_dir is not None:  # before any run opens: a read-only snapshots/ inside a writable --out-dir
+        ensure_writable_dir(Path(out_dir).expanduser() / "snapshots", "snapshot folder")
     uri_run = None
     if resume_from:
         path, uri_run = resolve_input(resume_from, "snapshot to resume from")
@@ -125,7 +127,11 @@ def plan_resume(*, out_dir: str | os.PathLike | None, resume_from: str | None, f
                          "resume with the snapshot's values, or pass --resume-override "
                          f"{','.join(option_name(k) for k in refused)} to continue with the new ones")
     plan = ResumePlan(snapshot=snap, source=source, overrides=diffs, stopped=snap.get("stop_reason") if auto else None)
-    if auto:
+    if auto and (plan.stopped or int(snap.get("epoch", 0)) >= train_cfg.epochs):
+        plan.message = (f"{out_dir} holds the finished run {snap.get('run_id') or ''} ({snap.get('epoch')} epochs"
+                        f"{', ' + plan.stopped if plan.stopped else ''}): nothing to train (pass --fresh to train "
+                        "it again)")
+    elif auto:
         plan.message = (f"{out_dir} holds snapshots up to {Path(source).name}: continuing from it (pass --fresh to "
                         "start over)")
     run_id = snap.get("run_id") or uri_run

@@ -50,6 +50,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     schedule: str = "step"
+    schedule_options: dict = field(default_factory=dict)  # options of a registered schedule (e.g. SGDR's cycles)
     lr_step: int = 0  # epochs between LR decays (schedule 'step'); 0 = constant LR
     lr_decay: float = 0.1
     seed: int = 0
@@ -78,9 +79,9 @@ PRECISIONS = ("fp32", "bf16-mixed")
 
 
 # Options that change a run's trajectory: a resume with other values is refused unless overridden (--resume-override).
-TRAJECTORY_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "lr_step", "lr_decay",
-                      "seed", "precision")
-SCHEDULE_OPTIONS = {"optimizer", "lr", "schedule", "lr_step", "lr_decay", "epochs"}  # an override rebuilds the schedule
+TRAJECTORY_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "schedule_options",
+                      "lr_step", "lr_decay", "seed", "precision")
+SCHEDULE_OPTIONS = {"optimizer", "lr", "schedule", "schedule_options", "lr_step", "lr_decay", "epochs"}  # an override rebuilds the schedule
 EPOCH_DEPENDENT_SCHEDULES = {"cosine"}  # schedules whose shape depends on --epochs
 DATA_OPTIONS = tuple(f.name for f in dataclass_fields(DataConfig)
                      if f.name not in ("data_path", "eval_batch_size", "verify_checksums", "download", "num_workers"))
@@ -191,27 +192,30 @@ def _adamw(params, cfg: TrainConfig):
 
 @dataclass
 class Schedule:
-    """A torch LR scheduler (or anything with step/state_dict/load_state_dict) and when it is stepped."""
+    """A torch LR scheduler (or anything with step/state_dict/load_state_dict) and when it is stepped.
+
+    A schedule factory is registered in ``SCHEDULES`` as ``factory(optimizer, cfg, loader) -> Schedule``; ``loader``
+    is the training loader (``len(loader)`` steps per epoch; ``num_samples``, ``batch_size``)."""
 
     scheduler: object | None
     per_step: bool = False  # True: stepped after every optimizer step; False: after every epoch
 
 
 @SCHEDULES.register("none")
-def _none(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+def _none(opt, cfg: TrainConfig, loader) -> Schedule:
     return Schedule(None)
 
 
 @SCHEDULES.register("step")
-def _step(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+def _step(opt, cfg: TrainConfig, loader) -> Schedule:
     if cfg.lr_step <= 0 or cfg.lr_decay <= 0:
         return Schedule(None)
     return Schedule(torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_decay))
 
 
 @SCHEDULES.register("cosine")
-def _cosine(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
-    return Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch)),
+def _cosine(opt, cfg: TrainConfig, loader) -> Schedule:
+    return Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * len(loader))),
                     per_step=True)
 
 
@@ -387,7 +391,7 @@ class Trainer:
         self.callbacks = list(callbacks) + list(GLOBAL_CALLBACKS)
         trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(trainable, cfg)
-        self.schedule = SCHEDULES.get(cfg.schedule)(self.optimizer, cfg, len(data.train))
+        self.schedule = SCHEDULES.get(cfg.schedule)(self.optimizer, cfg, data.train)
         self.snapshot_meta = snapshot_meta or {}
         self.progress = progress
         self.micro_batches = cfg.micro_batches
@@ -611,9 +615,9 @@ class Trainer:
                     cb.on_epoch_end(self, metrics)
                 self.history.append({"epoch": self.epoch, **metrics})
                 self.tracker.log_metrics(metrics, step=self.epoch)
+                self.tracker.flush()  # before the snapshot: a snapshot's epochs are always logged (kill -9 between)
                 if self.should_snapshot() or self._stop is not None:
                     self.save_snapshot()
-                self.tracker.flush()
                 bar.advance(ep_task)
                 desc = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train_loss", "val_acc", "test_acc"))
                 bar.update(ep_task, description=f"epoch {self.epoch}/{cfg.epochs} {desc}")

@@ -23,7 +23,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -41,7 +41,7 @@ from shared.train import Callback, TrainConfig
 from . import models as _models  # noqa: F401  (registers feature_vgg / vgg_reference)
 from .models import INITS, count_parameters
 from .results import from_csv, record_from_history, to_csv
-from .sgdr import cycle_of, nominal_steps, sgdr_lr
+from .sgdr import cycle_of, sgdr_options
 from .splitting import AutoSplitter, SplitCache, is_oom, parse_memory
 from .variants import (Variant, base_widths, capacity, check_depth, generate_variants, invalid_reason, make_variant,
                        widths_from_bins)
@@ -129,8 +129,8 @@ def make_data_config(dataset: str, *, data_path: str = "./data", patch_size: int
 def make_train_config(*, epochs: int = 150, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                       nesterov: bool = False, seed: int = 0, device: str = "auto",
                       snapshot_every: int = 1) -> TrainConfig:
-    """SGD with the SGDR schedule applied by :class:`SGDRCallback` (the shared schedule is off); a snapshot every
-    epoch so that an interrupted run resumes where it stopped."""
+    """SGD (its SGDR schedule, the ``sgdr`` of ``SCHEDULES``, is set from the FAOptions by :func:`train_target`); a
+    snapshot every epoch so that an interrupted run resumes where it stopped."""
     return TrainConfig(epochs=epochs, optimizer="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
                        nesterov=nesterov, schedule="none", seed=seed, device=device, snapshot_every=snapshot_every,
                        snapshot_init=True)
@@ -195,8 +195,11 @@ def train_key(data_cfg: DataConfig, train_cfg: TrainConfig, opts: FAOptions) -> 
     for k in ("data_path", "verify_checksums", "download", "num_workers", "eval_batch_size"):
         d.pop(k, None)
     t = asdict(train_cfg)
-    for k in ("device", "snapshot_every", "snapshot_all_until", "snapshot_init", "eval_every", "eval_test"):
+    for k in ("device", "snapshot_every", "snapshot_all_until", "snapshot_init", "eval_every", "eval_test",
+              "channels_last"):
         t.pop(k, None)
+    if t.get("precision") == "fp32":  # keys of sweeps started before --precision existed stay valid
+        t.pop("precision")
     return _hash({"data": d, "train": t, "fa": opts.result_settings()})
 
 
@@ -233,41 +236,15 @@ def trainer_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
 
 
 class SGDRCallback(Callback):
-    """Sets the lr before every optimizer step by the original's per-step SGDR rule (see :mod:`.sgdr`).
+    """Logs what the ``sgdr`` schedule (:mod:`.sgdr`, registered in ``SCHEDULES``) did: ``lr_last_step``, the lr of
+    the epoch's last step (the Trainer's ``lr`` shows the next epoch's first one), and ``sgdr_cycle``."""
 
-    The shared Trainer calls ``on_step_end`` after each step, so the callback writes the lr of the *next* step; it is
-    stateless (a pure function of the trainer's epoch and batch counters), hence exact after a resume. The metric
-    ``lr_last_step`` is the lr of the epoch's last step (the Trainer's ``lr`` shows the next epoch's first one).
-    """
-
-    def __init__(self, lr_max: float, lr_min: float, first_cycle: int, mul: int):
-        self.lr_max, self.lr_min, self.first_cycle, self.mul = lr_max, lr_min, first_cycle, mul
-        self.last = float("nan")
-
-    def _lr(self, epoch: int, step: int) -> float:
-        return sgdr_lr(epoch, step, self.nb, self.lr_max, self.lr_min, self.first_cycle, self.mul)
-
-    @staticmethod
-    def _set(tr, lr: float) -> None:
-        for g in tr.optimizer.param_groups:
-            g["lr"] = lr
-
-    def on_train_start(self, tr) -> None:
-        loader = tr.data.train
-        self.nb = nominal_steps(loader.num_samples, loader.batch_size)
-        self.steps = len(loader)
-        self._set(tr, self._lr(tr.epoch, 1))
-
-    def on_step_end(self, tr, loss, output, y) -> None:
-        self.last = tr.lr
-        b = tr.batch_in_epoch + 1  # the step just done (1-based)
-        nxt = (tr.epoch, b + 1) if b < self.steps else (tr.epoch + 1, 1)
-        self._set(tr, self._lr(*nxt))
+    def __init__(self, first_cycle: int, mul: int):
+        self.first_cycle, self.mul = first_cycle, mul
 
     def on_epoch_end(self, tr, metrics) -> None:
-        metrics["lr_last_step"] = self.last
+        metrics["lr_last_step"] = tr.schedule.scheduler.last_step_lr
         metrics["sgdr_cycle"] = cycle_of(tr.epoch - 1, self.first_cycle, self.mul)[0]
-        self._set(tr, self._lr(tr.epoch, 1))
 
 
 class AbortCallback(Callback):
@@ -429,7 +406,8 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
                  entry_point: str = "train", tags: dict | None = None, out_dir: str | Path | None = None,
                  resume_run: str | None = None, resume_from: str | None = None,
                  extra_callbacks: Sequence[Callback] = (), progress: bool = True,
-                 catch_training_errors: bool = False, run_name: str | None = None) -> VariantOutcome:
+                 catch_training_errors: bool = False, run_name: str | None = None, fresh: bool = False,
+                 resume_override: str | None = None) -> VariantOutcome:
     """Train one network in its own MLflow run (nested under the active run, if any); returns its CSV row.
 
     With ``resume_run`` the existing run is continued (from ``resume_from``, a snapshot) instead of a new one opened.
@@ -439,6 +417,8 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
     ``error`` (the run is marked complete and failed) instead of raised, so that a sweep goes on.
     """
     opts.validate()
+    train_cfg = replace(train_cfg, schedule="sgdr",
+                        schedule_options=sgdr_options(opts.lr_wr_min, opts.lr_wr_epochs, opts.lr_wr_mul))
     splitter = make_splitter(opts, data_cfg.batch_size)
     params = {"Filters": list(target.widths), "Mean": target.mean, "Variance": target.scale, "Skew": target.skew,
               "variant_index": target.index, "variant_id": target.vid, **{f"fa.{k}": v for k, v in asdict(opts).items()}}
@@ -450,7 +430,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
         abort_cb = AbortCallback(opts.lr_wr_epochs, data.num_classes) if opts.abort_rule else None
         record_cb = RecordCallback(target, data.num_classes, split_cb, [c for c in (abort_cb, *extra_callbacks) if c])
         callbacks: list[Callback] = [record_cb, split_cb,
-                                     SGDRCallback(train_cfg.lr, opts.lr_wr_min, opts.lr_wr_epochs, opts.lr_wr_mul)]
+                                     SGDRCallback(opts.lr_wr_epochs, opts.lr_wr_mul)]
         if abort_cb:
             callbacks.append(abort_cb)
         callbacks += [SnapshotPruner(opts.keep_snapshots), *extra_callbacks]
@@ -461,6 +441,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
             out = run_training(project=PROJECT, entry_point=entry_point, arch="feature_vgg", data_cfg=data_cfg,
                                train_cfg=train_cfg, model_options=model_options,
                                out_dir=str(out_dir) if out_dir else None, resume_from=resume_from,
+                               fresh=fresh and resume_from is None, resume_override=resume_override,
                                callbacks=callbacks, params=params, tags=all_tags, run_name=run_name or target.vid,
                                loss_fn=trainer_loss, tracker=Tracker(reopen=resume_run) if resume_run else None,
                                data=data, progress=progress)
@@ -619,7 +600,8 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
             res = train_target(target, data, data_cfg, train_cfg, opts, entry_point="sweep",
                                tags={"fa.train_key": tkey, "fa.sweep_key": skey},
                                out_dir=base_out / target.vid if base_out else None, resume_run=resume_run,
-                               resume_from=resume_from, progress=progress, catch_training_errors=True)
+                               resume_from=resume_from, progress=progress, catch_training_errors=True,
+                               fresh=resume_run is None)  # the sweep's records decide; leftover snapshots do not
             if res.error:
                 outcome.failed.append(target.vid)
                 echo(f"{prefix}: failed ({res.error})")
