@@ -173,21 +173,28 @@ OPTIMIZERS: Registry[Callable] = Registry("optimizer")
 SCHEDULES: Registry[Callable] = Registry("schedule")
 
 
+def _fused(cfg: TrainConfig) -> dict:
+    """bf16-mixed uses PyTorch's fused optimizer kernels: one pass over weights, gradients and state instead of four
+    (the step of a 100M-parameter classifier is memory-bound and was most of a bf16 step). fp32 keeps the reference
+    kernels, whose numbers the fused ones differ from by an ulp, so that fp32 results never change."""
+    return {"fused": True} if cfg.precision == "bf16-mixed" else {}
+
+
 @OPTIMIZERS.register("sgd")
 def _sgd(params, cfg: TrainConfig):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov and cfg.momentum > 0)
+                           nesterov=cfg.nesterov and cfg.momentum > 0, **_fused(cfg))
 
 
 @OPTIMIZERS.register("adam")
 def _adam(params, cfg: TrainConfig):
     # as the original codes: Adam ignores momentum; weight decay is applied when given
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(cfg))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(params, cfg: TrainConfig):
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(cfg))
 
 
 @dataclass

@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=3)
     ap.add_argument("--largest", action="store_true", help="the feature_amounts variant with the most parameters")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--channels-last", action="store_true", help="also time (not profile) channels_last")
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     os.environ["GEOMLAB_NO_PROGRESS"] = "1"
@@ -72,7 +73,7 @@ def main() -> None:
     x = torch.randn(args.batch_size, *data.input_shape)
     y = torch.randint(0, data.num_classes, (args.batch_size,))
     for prec in ("fp32", "bf16-mixed"):
-        for cl in (False, True):
+        for cl in (False, True) if args.channels_last else (False,):
             tr = Trainer(make(), data, TrainConfig(epochs=1, precision=prec, channels_last=cl, snapshot_init=False),
                          progress=False)
             xx = x.contiguous(memory_format=torch.channels_last) if cl else x

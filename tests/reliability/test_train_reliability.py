@@ -160,7 +160,7 @@ def test_full_disk_mid_run_is_a_one_line_error_and_keeps_the_snapshots(mlflow_st
         (out / "filler").unlink()
         res = cli(*BASE, "--epochs", str(int(written[-1].stem[-3:]) + 1), "--out-dir", str(out))
         assert res.exit_code == 0, res.output
-        assert "continuing from " + written[-1].name in res.stderr
+        assert f"up to {written[-1].name}: continuing from it" in res.stderr
         new = next(r for r in _runs() if r.info.run_id != run.info.run_id)
         assert new.info.status == "FINISHED" and new.data.tags["resumed_from_run"] == run.info.run_id
     finally:
