@@ -495,6 +495,10 @@ class Trainer:
         new_hparams = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         if "optimizer" not in diffs:
             self.optimizer.load_state_dict(snap["optimizer_state_dict"])
+            for p, st in self.optimizer.state.items():  # snapshots are NCHW: state takes its parameter's layout again
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                        st[k] = torch.empty_like(p).copy_(v)
             for g, h in zip(self.optimizer.param_groups, new_hparams):  # overridden hyper-parameters (lr: below)
                 g.update({k: v for k, v in h.items() if k not in ("lr", "initial_lr")})
         sch = self.schedule.scheduler

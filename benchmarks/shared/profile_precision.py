@@ -2,6 +2,7 @@
 
     python benchmarks/shared/profile_precision.py --arch vgg11 --project hyperplane_bias [--batch-size 128]
     python benchmarks/shared/profile_precision.py --arch feature_vgg --project feature_amounts --largest
+    python benchmarks/shared/profile_precision.py --arch vgg11 --optimizer-only    # SGD step: reference vs fused
 
 Prints the top operators by self CPU time for each precision, and the split of one step into forward, backward and
 optimizer step (the shared loop's own ``Trainer._train_step`` on random data of the dataset's shape).
@@ -52,6 +53,25 @@ def phases(trainer, x, y, reps):
     return {k: sorted(v)[len(v) // 2] for k, v in t.items()}
 
 
+def optimizer_steps(model, reps: int = 3) -> None:
+    """SGD step (momentum, weight decay) on the model's largest weight: PyTorch's reference kernel (what fp32 uses)
+    vs the fused one (what bf16-mixed uses), alternating, medians."""
+    p = max(model.parameters(), key=lambda t: t.numel())
+    w = torch.nn.Parameter(p.detach().clone())
+    w.grad = torch.randn_like(w)
+    times = {False: [], True: []}
+    for _ in range(reps):
+        for fused in (False, True):
+            opt = torch.optim.SGD([w], lr=0.01, momentum=0.9, weight_decay=5e-4, fused=fused)
+            opt.step()
+            t0 = time.perf_counter()
+            opt.step()
+            times[fused].append(time.perf_counter() - t0)
+    ref, fused = (sorted(v)[len(v) // 2] for v in (times[False], times[True]))
+    print(f"SGD step of the largest weight {tuple(w.shape)}: reference {ref:.3f} s, fused {fused:.3f} s "
+          f"({ref / fused:.1f}x)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--arch", default="vgg11")
@@ -62,6 +82,7 @@ def main() -> None:
     ap.add_argument("--largest", action="store_true", help="the feature_amounts variant with the most parameters")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--channels-last", action="store_true", help="also time (not profile) channels_last")
+    ap.add_argument("--optimizer-only", action="store_true", help="only time the SGD step, reference vs fused")
     ap.add_argument("--top", type=int, default=12)
     args = ap.parse_args()
     os.environ["GEOMLAB_NO_PROGRESS"] = "1"
@@ -70,6 +91,9 @@ def main() -> None:
     from shared.train import TrainConfig, Trainer
 
     data, make = build(args)
+    if args.optimizer_only:
+        optimizer_steps(make(), args.reps)
+        return
     x = torch.randn(args.batch_size, *data.input_shape)
     y = torch.randint(0, data.num_classes, (args.batch_size,))
     for prec in ("fp32", "bf16-mixed"):
