@@ -53,8 +53,8 @@ def register(app: typer.Typer) -> None:
             ({"hidden": width} if width is not None and arch == "mlp" else {})
         out = run_training(project="shared", entry_point="train", arch=arch, data_cfg=opt.data_config(o),
                            train_cfg=opt.train_config(o), model_options=model_options, out_dir=o.out_dir,
-                           resume_from=o.resume_from, run_name=o.run_name,
-                           system_metrics=system_metrics or None)
+                           resume_from=o.resume_from, run_name=o.run_name, fresh=o.fresh,
+                           resume_override=o.resume_override, system_metrics=system_metrics or None)
         final = out.result.final
         typer.echo(f"run {out.run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()
                                                      if k.endswith(("acc", "loss"))))
@@ -69,19 +69,25 @@ def register(app: typer.Typer) -> None:
                                             "train.")] = "test",
         arch: opt.Arch = None,
         device: opt.Device = "auto",
+        precision: opt.Precision = "fp32",
+        channels_last: opt.ChannelsLast = False,
     ) -> None:
         """Evaluate a snapshot: loss, top-1 and top-5 accuracy."""
         from shared.data import DataConfig, load_data
         from shared.errors import check
         from shared.experiment import load_model_from
-        from shared.train import evaluate, resolve_device
+        import torch
+
+        from shared.train import PRECISIONS, evaluate, resolve_device
 
         check(subset in ("test", "train"), f"--subset must be test or train, got {subset!r}")
         data = load_data(DataConfig(dataset=dataset, data_path=data_path))
         model, _, _ = load_model_from(snapshot, arch=arch, data=data)
         loader = data.test if subset == "test" else data.train_eval
         dev = resolve_device(device)
-        res = evaluate(model.to(dev), loader, dev, data.task)
+        check(precision in PRECISIONS, f"unknown --precision {precision!r}; use {' or '.join(PRECISIONS)}")
+        model = model.to(dev, memory_format=torch.channels_last) if channels_last else model.to(dev)
+        res = evaluate(model, loader, dev, data.task, precision=precision, channels_last=channels_last)
         typer.echo(" ".join(f"{k}={v:.4f}" for k, v in res.items()))
 
 

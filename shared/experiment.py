@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from shared.data import Data, DataConfig, load_data
 from shared.errors import UsageError
 from shared.files import ensure_writable_dir, load_snapshot, load_weights
 from shared.models import build_model, rebuild
+from shared.resume import plan_resume
 from shared.tracking import Tracker, example_batch, is_artifact_uri, list_run_artifacts, resolve_input
 from shared.train import (OPTIMIZERS, SCHEDULES, Callback, FitResult, LossFn, TrainConfig, Trainer, resolve_device,
                           run_params, seed_everything)
@@ -60,14 +62,16 @@ def run_training(*, project: str, entry_point: str, arch: str | None, data_cfg: 
                  tags: dict | None = None, run_name: str | None = None, parent_run_id: str | None = None,
                  tracker: Tracker | None = None, model: nn.Module | None = None, data: Data | None = None,
                  trainable: Iterable[nn.Parameter] | None = None, progress: bool = True,
-                 snapshot_meta: dict | None = None, eval_loss_fn: LossFn | None = None,
-                 system_metrics: bool | None = None) -> TrainOutcome:
+                 snapshot_meta: dict | None = None, eval_loss_fn: LossFn | None = None, fresh: bool = False,
+                 resume_override: str | None = None, system_metrics: bool | None = None) -> TrainOutcome:
     """Train ``arch`` on ``data_cfg`` inside one MLflow run; returns the run id and the fit result.
 
     ``model`` / ``data`` may be given pre-built (distillation, depth-limit models); otherwise they are built from
     the registry. The run logs all params, tags (project, entry point, arch, dataset, git commit), the dataset
     (``mlflow.log_input``, one input per split), per-epoch metrics, snapshots and the final network as an MLflow
-    model (``runs:/<id>/model``). Every option is checked before the run is created.
+    model (``runs:/<id>/model``). Every option is checked before the run is created. Where it starts
+    (``resume_from``, the snapshots already in ``out_dir``, ``fresh``, ``resume_override``) and in which run is
+    decided by :func:`shared.resume.plan_resume`.
     """
     if out_dir is not None:
         ensure_writable_dir(out_dir)
@@ -76,20 +80,28 @@ def run_training(*, project: str, entry_point: str, arch: str | None, data_cfg: 
     data = data or load_data(data_cfg, seed=train_cfg.seed)
     seed_everything(train_cfg.seed)
     model = model if model is not None else model_for(arch, data, project, **(model_options or {}))
+    plan = plan_resume(out_dir=out_dir, resume_from=resume_from, fresh=fresh, resume_override=resume_override,
+                       train_cfg=train_cfg, data_cfg=data.config, model=model)
     tracker = tracker or Tracker()
+    if plan.reopen and tracker.reopen is None:
+        tracker.reopen = plan.reopen
     all_params = run_params(train_cfg, data, arch=arch, **{f"model.{k}": v for k, v in (model_options or {}).items()},
                             **(params or {}))
     all_tags = {"arch": arch, "dataset": data_cfg.dataset, **(tags or {})}
-    if resume_from:
-        all_tags["resumed_from"] = resume_from
+    all_tags.update(plan.tags())
     with tracker.start(project, entry_point, run_name=run_name, params=all_params, tags=all_tags,
                        parent_run_id=parent_run_id, system_metrics=system_metrics) as t:
+        plan.link(t.run_id)
         t.log_data(data)
         out = Path(out_dir) if out_dir else default_out_dir(project, t.run_id)
         trainer = Trainer(model, data, train_cfg, tracker=t, out_dir=out, loss_fn=loss_fn, callbacks=callbacks,
                           params=trainable, progress=progress, eval_loss_fn=eval_loss_fn,
                           snapshot_meta={"project": project, "dataset": data_cfg.dataset, **(snapshot_meta or {})})
-        result = trainer.fit(resume_from=resume_from)
+        if plan.message:
+            print(plan.message, file=sys.stderr)
+        if plan.stopped:
+            trainer.request_stop(plan.stopped)
+        result = trainer.fit(resume_from=plan.snapshot, overrides=plan.overrides)
         t.log_model(trainer.model, example_batch(data))
     return TrainOutcome(t.run_id, result, trainer, data, out)
 

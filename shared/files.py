@@ -81,7 +81,11 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 def save_snapshot(path: str | os.PathLike, payload: dict) -> Path:
     """Save a snapshot dict (``model_state_dict`` plus whatever the trainer adds) atomically."""
     payload = {"format": SNAPSHOT_FORMAT, **payload}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # through a Python file: a full disk is OSError(ENOSPC), not a bare RuntimeError
+            torch.save(payload, f)
+    return atomic_write(path, write)
 
 
 def load_snapshot(path: str | os.PathLike) -> dict:

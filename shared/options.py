@@ -112,6 +112,13 @@ TRAIN_ACC = _O("train_acc", bool, "Also evaluate accuracy on the training split 
 DEVICE = _O("device", str, "auto, cpu or cuda.", "auto")
 RESUME_FROM = _O("resume_from", Optional[str], "Continue from a snapshot (path or runs:/<id>/snapshots/"
                  "epoch_NNN.pt): weights, optimizer, schedule, RNG, epoch.")
+RESUME_OVERRIDE = _O("resume_override", Optional[str], "With --resume-from: options allowed to differ from the "
+                     "snapshot's (comma list, e.g. lr,optimizer); they take effect from the resumed epoch and are "
+                     "logged in the run's tag resume_overrides.")
+PRECISION = _O("precision", str, "fp32, or bf16-mixed: fp32 weights with bfloat16 autocast compute (training and "
+               "evaluation; statistics stay fp32).", "fp32")
+CHANNELS_LAST = _O("channels_last", bool, "Use the channels_last (NHWC) memory format for convolutions (faster with "
+                   "bf16-mixed; snapshots unchanged).", False)
 KILL_PLATEAUS = _O("kill_plateaus", bool, "Stop a run that stopped learning, by the original's rule "
                    "(cone-geometry: the smoothed loss at batch 100 of epoch 20 is not half that of the first epoch; "
                    "hyperplane-bias: a snapshot's accuracy equals the previous one's).", False)
@@ -135,7 +142,7 @@ FRESH = _O("fresh", bool, "Start over: ignore the finished work of an earlier ru
 DATA = (DATASET, DATA_PATH, BATCH_SIZE, NOISE, NOISE_SEED, PIXEL_SHUFFLE, SUBSAMPLE_CLASSES, CLASS_SAMPLE_SEED, SPLIT,
         STRATIFIED, SPLIT_SEED, AUGMENTATION, NORMALIZE, SHUFFLE, VERIFY_CHECKSUMS, DOWNLOAD)
 TRAIN = (EPOCHS, OPTIMIZER, LR, MOMENTUM, WEIGHT_DECAY, LR_STEP, LR_DECAY, SEED, SNAPSHOT_EVERY, SNAPSHOT_ALL_UNTIL,
-         TRAIN_ACC, DEVICE, RESUME_FROM)
+         TRAIN_ACC, DEVICE, PRECISION, CHANNELS_LAST, RESUME_FROM, RESUME_OVERRIDE, FRESH)
 RUN_OUTPUT = (OUT_DIR, RUN_NAME)
 
 # every option also as an Annotated type for a single use: ``out_dir: opt.OutDir = None`` (OUT_DIR -> OutDir)
@@ -211,6 +218,15 @@ def train_config(values: dict, **overrides):
     from shared.train import TrainConfig
 
     return TrainConfig(**{**_pick(TrainConfig, values), **overrides})
+
+
+def with_compute(cfg, values: dict):
+    """``cfg`` (a TrainConfig a project built itself) with the ``--precision`` and ``--channels-last`` of a
+    command's options."""
+    from dataclasses import replace
+
+    return replace(cfg, precision=values.get("precision", cfg.precision),
+                   channels_last=values.get("channels_last", cfg.channels_last))
 
 
 #: The data options a project's own data-config builder does not take; commands apply them on top of it.

@@ -21,6 +21,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data import Data, data_params
+from shared.data import Data, DataConfig, data_params
 from shared.errors import UsageError, check
 from shared.files import ensure_writable_dir, load_snapshot, load_weights, save_snapshot
 from shared.models import model_spec
@@ -50,6 +51,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     nesterov: bool = False
     schedule: str = "step"
+    schedule_options: dict = field(default_factory=dict)  # options of a registered schedule (e.g. SGDR's cycles)
     lr_step: int = 0  # epochs between LR decays (schedule 'step'); 0 = constant LR
     lr_decay: float = 0.1
     seed: int = 0
@@ -62,6 +64,8 @@ class TrainConfig:
     micro_batches: int = 1  # gradient accumulation: each batch is split into this many chunks
     device: str = "auto"
     ema: float = 0.99  # smoothing of the reported running loss (as the original codes)
+    precision: str = "fp32"  # fp32 | bf16-mixed (fp32 master weights, bf16 autocast compute)
+    channels_last: bool = False  # NHWC memory format for 4-d weights and inputs (snapshots stay contiguous)
 
     def validate(self) -> None:
         check(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
@@ -69,6 +73,84 @@ class TrainConfig:
         check(self.micro_batches >= 1, f"--micro-batches must be >= 1, got {self.micro_batches}")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
               f"unknown device {self.device!r}; use auto, cpu or cuda")
+        check(self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; use {' or '.join(PRECISIONS)}")
+
+
+PRECISIONS = ("fp32", "bf16-mixed")
+
+
+# Options that change a run's trajectory: a resume with other values is refused unless overridden (--resume-override).
+TRAJECTORY_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "schedule_options",
+                      "lr_step", "lr_decay", "seed", "precision")
+SCHEDULE_OPTIONS = {"optimizer", "lr", "schedule", "schedule_options", "lr_step", "lr_decay", "epochs"}  # an override rebuilds the schedule
+EPOCH_DEPENDENT_SCHEDULES = {"cosine"}  # schedules whose shape depends on --epochs
+DATA_OPTIONS = tuple(f.name for f in dataclass_fields(DataConfig)
+                     if f.name not in ("data_path", "eval_batch_size", "verify_checksums", "download", "num_workers"))
+
+
+def snapshot_differences(snap: dict, cfg: TrainConfig, data_cfg: DataConfig, spec: dict) -> dict[str, tuple]:
+    """The trajectory options (training, data, architecture) whose values differ between a snapshot and a run:
+    ``{option: (snapshot's value, run's value)}``. Execution details (device, paths, snapshots, micro-batches,
+    channels_last) and the number of epochs (unless the schedule depends on it) may change freely."""
+    diffs: dict[str, tuple] = {}
+    keys = TRAJECTORY_OPTIONS + (("epochs",) if cfg.schedule in EPOCH_DEPENDENT_SCHEDULES else ())
+    for saved, new, names, default in ((snap.get("train_config"), asdict(cfg), keys, TrainConfig()),
+                                       (snap.get("data_config"), asdict(data_cfg), DATA_OPTIONS, DataConfig())):
+        if not saved:  # snapshots of other code: nothing to compare
+            continue
+        for k in names:
+            old = saved.get(k, getattr(default, k))  # older snapshots lack newer options: their defaults applied
+            if old != new[k]:
+                diffs[k] = (old, new[k])
+    old_spec = snap.get("model_spec") or {}
+    if old_spec and spec and old_spec != spec:
+        def name(s):
+            opts = ",".join(f"{k}={v}" for k, v in sorted(s.get("options", {}).items()))
+            return f"{s.get('arch')}({opts})" if opts else str(s.get("arch"))
+        diffs["arch"] = (name(old_spec), name(spec))
+    return diffs
+
+
+def option_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def describe_differences(diffs: dict[str, tuple], keys: Iterable[str] | None = None) -> str:
+    return ", ".join(f"--{option_name(k)} {diffs[k][0]} in the snapshot, {diffs[k][1]} now" for k in (keys or diffs))
+
+
+def parse_overrides(text: str | None) -> set[str]:
+    """``--resume-override lr,batch-size`` -> {"lr", "batch_size"}; unknown names raise UsageError."""
+    names = {n.strip().replace("-", "_") for n in (text or "").split(",") if n.strip()}
+    valid = set(TRAJECTORY_OPTIONS) | set(DATA_OPTIONS) | {"epochs", "arch"}
+    bad = sorted(names - valid)
+    check(not bad, f"--resume-override: unknown option {', '.join(bad)}; use a comma list of: "
+                   f"{', '.join(option_name(v) for v in sorted(valid))}")
+    return names
+
+
+def autocast(device: torch.device | str, precision: str = "fp32"):
+    """The compute context of ``--precision``: bf16 autocast for bf16-mixed (weights stay fp32), nothing for fp32."""
+    dev = torch.device(device).type
+    return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def to_memory_format(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def _contiguous(obj):
+    """``obj`` with every tensor in standard (NCHW) layout: snapshots of channels_last runs look like any other."""
+    if isinstance(obj, torch.Tensor):
+        return obj.contiguous()
+    if isinstance(obj, dict):
+        out = type(obj)((k, _contiguous(v)) for k, v in obj.items())
+        if hasattr(obj, "_metadata"):  # a module state_dict
+            out._metadata = obj._metadata
+        return out
+    if isinstance(obj, list):
+        return [_contiguous(v) for v in obj]
+    return obj
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,46 +174,56 @@ OPTIMIZERS: Registry[Callable] = Registry("optimizer")
 SCHEDULES: Registry[Callable] = Registry("schedule")
 
 
+def _fused(cfg: TrainConfig) -> dict:
+    """bf16-mixed uses PyTorch's fused optimizer kernels: one pass over weights, gradients and state instead of four
+    (the step of a 100M-parameter classifier is memory-bound and was most of a bf16 step). fp32 keeps the reference
+    kernels, whose numbers the fused ones differ from by an ulp, so that fp32 results never change."""
+    return {"fused": True} if cfg.precision == "bf16-mixed" else {}
+
+
 @OPTIMIZERS.register("sgd")
 def _sgd(params, cfg: TrainConfig):
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           nesterov=cfg.nesterov and cfg.momentum > 0)
+                           nesterov=cfg.nesterov and cfg.momentum > 0, **_fused(cfg))
 
 
 @OPTIMIZERS.register("adam")
 def _adam(params, cfg: TrainConfig):
     # as the original codes: Adam ignores momentum; weight decay is applied when given
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(cfg))
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(params, cfg: TrainConfig):
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(cfg))
 
 
 @dataclass
 class Schedule:
-    """A torch LR scheduler (or anything with step/state_dict/load_state_dict) and when it is stepped."""
+    """A torch LR scheduler (or anything with step/state_dict/load_state_dict) and when it is stepped.
+
+    A schedule factory is registered in ``SCHEDULES`` as ``factory(optimizer, cfg, loader) -> Schedule``; ``loader``
+    is the training loader (``len(loader)`` steps per epoch; ``num_samples``, ``batch_size``)."""
 
     scheduler: object | None
     per_step: bool = False  # True: stepped after every optimizer step; False: after every epoch
 
 
 @SCHEDULES.register("none")
-def _none(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+def _none(opt, cfg: TrainConfig, loader) -> Schedule:
     return Schedule(None)
 
 
 @SCHEDULES.register("step")
-def _step(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
+def _step(opt, cfg: TrainConfig, loader) -> Schedule:
     if cfg.lr_step <= 0 or cfg.lr_decay <= 0:
         return Schedule(None)
     return Schedule(torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_decay))
 
 
 @SCHEDULES.register("cosine")
-def _cosine(opt, cfg: TrainConfig, steps_per_epoch: int) -> Schedule:
-    return Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch)),
+def _cosine(opt, cfg: TrainConfig, loader) -> Schedule:
+    return Schedule(torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * len(loader))),
                     per_step=True)
 
 
@@ -154,15 +246,17 @@ def default_loss(task: str) -> LossFn:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device | str = "cpu", task: str = "classification",
-             loss_fn: LossFn | None = None) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) of ``model`` over ``loader``."""
+             loss_fn: LossFn | None = None, precision: str = "fp32", channels_last: bool = False) -> dict[str, float]:
+    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) of ``model`` over ``loader`` (computed under
+    ``precision``'s autocast; the loss is accumulated in float64)."""
     loss_fn = loss_fn or default_loss(task)
     was_training = model.training
     model.eval()
     n, loss_sum, c1, c5 = 0, 0.0, 0, 0
     for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss, out = loss_fn(model, x, y)
+        x, y = to_memory_format(x.to(device, non_blocking=True), channels_last), y.to(device, non_blocking=True)
+        with autocast(device, precision):
+            loss, out = loss_fn(model, x, y)
         b = len(y)
         n += b
         loss_sum += float(loss) * b
@@ -289,15 +383,20 @@ class Trainer:
         cfg.validate()
         self.cfg, self.data = cfg, data
         self.device = resolve_device(cfg.device)
-        self.model = model.to(self.device)
+        if cfg.precision == "bf16-mixed" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UsageError("--precision bf16-mixed needs a GPU with bfloat16 support; use --precision fp32")
+        self.model = model.to(self.device, memory_format=torch.channels_last) if cfg.channels_last else \
+            model.to(self.device)
         self.tracker = tracker or Tracker(enabled=False)
         self.out_dir = ensure_writable_dir(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            ensure_writable_dir(self.out_dir / "snapshots", "snapshot folder")
         self.loss_fn = loss_fn or default_loss(data.task)
         self.eval_loss_fn = eval_loss_fn  # None: cross entropy / MSE (a training loss may need a teacher, etc.)
         self.callbacks = list(callbacks) + list(GLOBAL_CALLBACKS)
         trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
         self.optimizer = OPTIMIZERS.get(cfg.optimizer)(trainable, cfg)
-        self.schedule = SCHEDULES.get(cfg.schedule)(self.optimizer, cfg, len(data.train))
+        self.schedule = SCHEDULES.get(cfg.schedule)(self.optimizer, cfg, data.train)
         self.snapshot_meta = snapshot_meta or {}
         self.progress = progress
         self.micro_batches = cfg.micro_batches
@@ -323,8 +422,10 @@ class Trainer:
         return {
             "epoch": self.epoch,
             "global_step": self.global_step,
-            "model_state_dict": self.model.state_dict(),
-            "optimizer_state_dict": self.optimizer.state_dict(),
+            "model_state_dict": _contiguous(self.model.state_dict()) if self.cfg.channels_last else
+            self.model.state_dict(),
+            "optimizer_state_dict": _contiguous(self.optimizer.state_dict()) if self.cfg.channels_last else
+            self.optimizer.state_dict(),
             "scheduler_state_dict": sch.state_dict() if sch is not None else None,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -336,6 +437,8 @@ class Trainer:
             "train_config": asdict(self.cfg),
             "data_config": asdict(self.data.config),
             "micro_batches": self.micro_batches,
+            "run_id": self.tracker.run_id,
+            "stop_reason": self._stop,
             **self.snapshot_meta,
         }
 
@@ -344,36 +447,81 @@ class Trainer:
             return None
         name = f"epoch_{self.epoch:03d}.pt"
         if self.out_dir is not None:
-            path = save_snapshot(self.out_dir / "snapshots" / name, self.state())
+            target = self.out_dir / "snapshots" / name
         else:
             import tempfile
 
-            path = save_snapshot(Path(tempfile.mkdtemp(prefix="geomlab-snap-")) / name, self.state())
+            target = Path(tempfile.mkdtemp(prefix="geomlab-snap-")) / name
+        try:
+            path = save_snapshot(target, self.state())
+        except OSError as e:  # a full disk, a read-only or vanished folder
+            cause = e.strerror or type(e).__name__
+            kept = f"; the snapshots up to {self.last_snapshot.name} are intact" if self.last_snapshot else ""
+            raise UsageError(f"cannot write snapshot {target} ({cause}){kept}; free space or fix the permissions of "
+                             f"{target.parent}, then re-run the same command to continue") from None
         self.tracker.log_artifact(path, "snapshots")
         self.last_snapshot = path
         return path
 
-    def resume(self, source: str) -> None:
-        """Restore everything from a snapshot (path or MLflow URI) written by this trainer."""
+    def resume(self, source: str | dict, overrides: Iterable[str] = ()) -> None:
+        """Restore everything from a snapshot (path, MLflow URI or loaded dict) written by this trainer.
+
+        A snapshot trained with other trajectory options (:func:`snapshot_differences`) is refused unless each
+        differing option is in ``overrides``; overridden options take effect from the resumed epoch: a new optimizer
+        is started fresh, new hyper-parameters replace the snapshot's, and the schedule is rebuilt from the new
+        options and advanced to the resumed step (so ``--lr`` is the schedule's base LR, as when training from 0).
+        """
         from shared.tracking import resolve_input
 
-        path, _ = resolve_input(source, "snapshot to resume from")
-        snap = load_snapshot(path)
-        load_weights(self.model, snap)
+        if isinstance(source, dict):
+            snap = source
+        else:
+            path, _ = resolve_input(source, "snapshot to resume from")
+            snap = load_snapshot(path)
+        path = snap.get("path", source if isinstance(source, str) else "")
         for key in ("optimizer_state_dict", "rng", "epoch"):
             if key not in snap:
                 raise UsageError(f"snapshot {path} holds weights only (no {key}); resume needs a snapshot written "
                                  "during training (snapshots/epoch_NNN.pt), or start from it with --init-from")
-        self.optimizer.load_state_dict(snap["optimizer_state_dict"])
-        if self.schedule.scheduler is not None and snap.get("scheduler_state_dict") is not None:
-            self.schedule.scheduler.load_state_dict(snap["scheduler_state_dict"])
+        diffs = snapshot_differences(snap, self.cfg, self.data.config, model_spec(self.model))
+        refused = [k for k in diffs if k not in set(overrides)]
+        if refused:
+            raise UsageError(f"snapshot {path} was trained with other options ({describe_differences(diffs, refused)})"
+                             f"; resume with the snapshot's values, or pass --resume-override {','.join(refused)} to "
+                             "continue with the new ones")
+        load_weights(self.model, snap)
+        new_hparams = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        if "optimizer" not in diffs:
+            self.optimizer.load_state_dict(snap["optimizer_state_dict"])
+            for p, st in self.optimizer.state.items():  # snapshots are NCHW: state takes its parameter's layout again
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                        st[k] = torch.empty_like(p).copy_(v)
+            for g, h in zip(self.optimizer.param_groups, new_hparams):  # overridden hyper-parameters (lr: below)
+                g.update({k: v for k, v in h.items() if k not in ("lr", "initial_lr")})
+        sch = self.schedule.scheduler
+        if set(diffs) & SCHEDULE_OPTIONS:
+            for g, h in zip(self.optimizer.param_groups, new_hparams):
+                g["lr"] = h["lr"]
+                if "initial_lr" in h:
+                    g["initial_lr"] = h["initial_lr"]
+            if sch is not None:
+                import warnings
+
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                    warnings.simplefilter("ignore")
+                    for _ in range(int(snap.get("global_step", 0)) if self.schedule.per_step else int(snap["epoch"])):
+                        sch.step()
+        elif sch is not None and snap.get("scheduler_state_dict") is not None:
+            sch.load_state_dict(snap["scheduler_state_dict"])
         rng = snap["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.data.train.load_state_dict(rng["train_loader"])
+        if not set(diffs) & set(DATA_OPTIONS):  # other data: a fresh batch order
+            self.data.train.load_state_dict(rng["train_loader"])
         for cb, st in zip(self.callbacks, snap.get("callbacks", [])):
             cb.load_state_dict(st)
         self.epoch, self.global_step = int(snap["epoch"]), int(snap.get("global_step", 0))
@@ -392,17 +540,22 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         k = min(self.micro_batches, max(1, len(y) // 2))  # no chunk below 2 samples (BatchNorm needs 2)
         if k == 1:
-            loss, out = self.loss_fn(self.model, x, y)
+            with autocast(self.device, self.cfg.precision):
+                loss, out = self.loss_fn(self.model, x, y)
             loss.backward()
             total = float(loss.detach())
+            out = out.detach()
         else:
             outs, total, n = [], 0.0, len(y)
             for xc, yc in zip(torch.tensor_split(x, k), torch.tensor_split(y, k)):  # sizes differ by at most 1
-                loss, out = self.loss_fn(self.model, xc, yc)
+                with autocast(self.device, self.cfg.precision):
+                    loss, out = self.loss_fn(self.model, xc, yc)
                 (loss * (len(yc) / n)).backward()
                 total += float(loss.detach()) * len(yc) / n
                 outs.append(out.detach())
             out = torch.cat(outs)
+        if out.dtype == torch.bfloat16:  # callbacks and accuracy see float32 outputs whatever the compute precision
+            out = out.float()
         if not math.isfinite(total):
             raise UsageError(f"training loss became {total} at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
                              f"(lr {self.lr:g}); lower --lr or use a smaller init scale"
@@ -415,21 +568,19 @@ class Trainer:
 
     def evaluate_all(self) -> dict:
         m: dict[str, float] = {}
-        task = self.data.task
-        if self.data.val is not None:
-            m.update({f"val_{k}": v for k, v in evaluate(self.model, self.data.val, self.device, task, self.eval_loss_fn).items()})
-        if self.data.val is None or self.cfg.eval_test:
-            m.update({f"test_{k}": v for k, v in evaluate(self.model, self.data.test, self.device, task, self.eval_loss_fn).items()})
-        if self.cfg.train_acc:
-            m.update({f"train_eval_{k}": v
-                      for k, v in evaluate(self.model, self.data.train_eval, self.device, task,
-                                              self.eval_loss_fn).items()})
+        splits = {"val": self.data.val, "test": self.data.test if self.data.val is None or self.cfg.eval_test else None,
+                  "train_eval": self.data.train_eval if self.cfg.train_acc else None}
+        for name, loader in splits.items():
+            if loader is not None:
+                m.update({f"{name}_{k}": v for k, v in evaluate(self.model, loader, self.device, self.data.task,
+                                                                 self.eval_loss_fn, self.cfg.precision,
+                                                                 self.cfg.channels_last).items()})
         return m
 
-    def fit(self, resume_from: str | None = None) -> FitResult:
+    def fit(self, resume_from: str | dict | None = None, overrides: Iterable[str] = ()) -> FitResult:
         cfg = self.cfg
         if resume_from:
-            self.resume(resume_from)
+            self.resume(resume_from, overrides)
         elif cfg.snapshot_init and self.epoch == 0:
             self.save_snapshot()
         for cb in self.callbacks:
@@ -446,7 +597,7 @@ class Trainer:
                 bar.reset(b_task, total=n_batches)
                 for self.batch_in_epoch, (x, y) in enumerate(self.data.train):
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    loss, out = self._train_step(x, y)
+                    loss, out = self._train_step(to_memory_format(x, cfg.channels_last), y)
                     b = len(y)
                     loss_sum += loss * b
                     seen += b
@@ -473,9 +624,9 @@ class Trainer:
                     cb.on_epoch_end(self, metrics)
                 self.history.append({"epoch": self.epoch, **metrics})
                 self.tracker.log_metrics(metrics, step=self.epoch)
+                self.tracker.flush()  # before the snapshot: a snapshot's epochs are always logged (kill -9 between)
                 if self.should_snapshot() or self._stop is not None:
                     self.save_snapshot()
-                self.tracker.flush()
                 desc = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train_loss", "val_acc", "test_acc"))
                 bar.update(ep_task, detail=desc)
                 bar.advance(ep_task)

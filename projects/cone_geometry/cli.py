@@ -59,9 +59,10 @@ def _data_options(o: dict) -> dict:
 def _train_config(o: dict):
     from .runner import make_train_config
 
-    return make_train_config(epochs=o["epochs"], optimizer=o["optimizer"], lr=o["lr"], momentum=o["momentum"],
-                             weight_decay=o["weight_decay"], lr_step=o["lr_step"], lr_decay=o["lr_decay"],
-                             seed=o["seed"], snapshot_every=o.get("snapshot_every", 0), device=o["device"])
+    return opt.with_compute(make_train_config(epochs=o["epochs"], optimizer=o["optimizer"], lr=o["lr"],
+                                              momentum=o["momentum"], weight_decay=o["weight_decay"],
+                                              lr_step=o["lr_step"], lr_decay=o["lr_decay"], seed=o["seed"],
+                                              snapshot_every=o.get("snapshot_every", 0), device=o["device"]), o)
 
 
 def _epochs_list(text: Optional[str]) -> Optional[list[int]]:
@@ -88,7 +89,8 @@ def train_cmd(
         raise UsageError(f"no architecture given; pass --arch with one of: {', '.join(ARCHS)}")
     data_cfg = make_data_config(**_data_options(o))
     train_runs(o.arch, data_cfg, _train_config(o), init=o.init, runs=runs, start_run=start_run,
-               kill_plateaus=o.kill_plateaus, out_dir=o.out_dir, resume_from=o.resume_from, run_name=o.run_name)
+               kill_plateaus=o.kill_plateaus, out_dir=o.out_dir, resume_from=o.resume_from, run_name=o.run_name,
+               fresh=o.fresh, resume_override=o.resume_override)
 
 
 def _distill_kwargs(o: dict, temperature: float, kl_weight: float, kl_reduction: str) -> dict:

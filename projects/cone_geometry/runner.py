@@ -85,7 +85,8 @@ def make_train_config(epochs: int = 75, optimizer: str = "sgd", lr: float = 0.1,
 
 def train_runs(arch: str, data_cfg: DataConfig, train_cfg: TrainConfig, *, init: str = "x_gaussian",
                runs: int = 1, start_run: int = 0, kill_plateaus: bool = False, out_dir: str | None = None,
-               resume_from: str | None = None, run_name: str | None = None, progress: bool = True) -> list[Any]:
+               resume_from: str | None = None, run_name: str | None = None, progress: bool = True,
+               fresh: bool = False, resume_override: str | None = None) -> list[Any]:
     """Independent runs ``start_run .. runs-1`` (one MLflow run each, seed = seed + run, tag ``cone.run``)."""
     teacher_name(arch)
     check_init(init)
@@ -99,7 +100,8 @@ def train_runs(arch: str, data_cfg: DataConfig, train_cfg: TrainConfig, *, init:
         out = run_training(
             project=PROJECT, entry_point="train", arch=arch, data_cfg=data_cfg, train_cfg=cfg,
             model_options={"init": init}, out_dir=str(Path(out_dir) / f"run_{r}") if out_dir else None,
-            resume_from=resume_from, callbacks=callbacks, progress=progress,
+            resume_from=resume_from, fresh=fresh, resume_override=resume_override, callbacks=callbacks,
+            progress=progress,
             params={"init": init, "cone.run": r, "kill_plateaus": kill_plateaus, "noisy": data_cfg.noise},
             tags={"cone.run": r, "init": init, **student_kernel.run_tags(arch, cfg.device)}, run_name=run_name or f"{arch}-{data_cfg.dataset}-run{r}",
             snapshot_meta={"cone_run": r, "init": init})

@@ -107,7 +107,8 @@ def fit_cmd(
                            shuffle=o.shuffle, verify_checksums=o.verify_checksums, download=o.download)
     dcfg = opt.data_config(o, base=dcfg, only=EXTRA_DATA)
     res = run_fit(opts, dcfg, lr=o.lr, epochs=o.epochs, seed=o.seed, eval_every=eval_every, device=o.device,
-                  out_dir=o.out_dir, resume_from=o.resume_from, run_name=o.run_name)
+                  out_dir=o.out_dir, resume_from=o.resume_from, run_name=o.run_name,
+                  **{k: o[k] for k in ("precision", "channels_last", "fresh", "resume_override") if k in o})
     last = {k: v for k, v in res.last_step.items() if k.endswith("variation") or k in ("avg_grad_norm", "lr_step")}
     final = {k: v for k, v in res.final.items() if k in ("train_loss", "test_loss", "test_acc", "test_p_loss")}
     typer.echo(f"run {res.run_id}: " + ", ".join(f"{k}={v:.5g}" for k, v in {**final, **last}.items()))
@@ -139,7 +140,9 @@ def resnet_cifar10_cmd(
                                         block_init=block_init, train_fraction=o.train_fraction,
                                         verify_checksums=o.verify_checksums, device=o.device, out_dir=o.out_dir,
                                         resume_from=o.resume_from, run_name=o.run_name,
-                                        data_options={k: o[k] for k in EXTRA_DATA})
+                                        data_options={k: o[k] for k in EXTRA_DATA},
+                                        **{k: o[k] for k in ("precision", "channels_last", "fresh", "resume_override")
+                                           if k in o})
     typer.echo(f"run {out.run_id}: lr={eta:.4g} top-1 {100 * test.get('test_top1', float('nan')):.2f}% "
                f"top-2 {100 * test.get('test_top2', float('nan')):.2f}%")
     for k, v in test.items():

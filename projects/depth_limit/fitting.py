@@ -188,14 +188,16 @@ class FitOutcome:
 
 def run_fit(opts: FitOptions, data_cfg, *, lr: float, epochs: int, seed: int, eval_every: int = 0,
             device: str = "auto", out_dir: str | None = None, resume_from: str | None = None,
-            run_name: str | None = None, progress: bool = True) -> FitOutcome:
+            run_name: str | None = None, progress: bool = True, precision: str = "fp32",
+            channels_last: bool = False, fresh: bool = False, resume_override: str | None = None) -> FitOutcome:
     """Train the depth-limit ResNet with plain SGD (no momentum, no weight decay), one MLflow run."""
     opts.validate()
     check(epochs >= 1, f"--epochs must be >= 1, got {epochs}")
     check(eval_every >= 0, f"--eval-every must be >= 0 (0: only after the last epoch), got {eval_every}")
     data = load_data(data_cfg, seed=seed)
     tcfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=lr, momentum=0.0, weight_decay=0.0, schedule="none",
-                       seed=seed, eval_every=eval_every or epochs, device=device)
+                       seed=seed, eval_every=eval_every or epochs, device=device, precision=precision,
+                       channels_last=channels_last)
     logger = DepthLimitLogger(opts, data.task, data.num_classes, lr)
     params = {"model.p_loss": opts.p_loss, "model.loss_convention": opts.loss_convention, "model.p_var": opts.p_var,
               "model.dynamic_lr": opts.dynamic_lr, "model.store_grad": opts.store_grad,
@@ -204,6 +206,7 @@ def run_fit(opts: FitOptions, data_cfg, *, lr: float, epochs: int, seed: int, ev
               "data.full_batch": data_cfg.batch_size == FULL_BATCH}
     out = run_training(project=PROJECT, entry_point="fit", arch="depth_limit_resnet", data_cfg=data_cfg,
                        train_cfg=tcfg, model_options=opts.model_options(), out_dir=out_dir, resume_from=resume_from,
+                       fresh=fresh, resume_override=resume_override,
                        callbacks=[logger], loss_fn=trainer_loss(data.task, opts.p_loss, opts.loss_convention),
                        params=params, run_name=run_name, data=data, progress=progress,
                        tags={"task": data.task},
@@ -262,7 +265,9 @@ def run_resnet_cifar10(depth: int, *, dataset: str = "cifar10", data_path: str =
                        batch_size: int = 128, alpha: float = 0.75, lr: float | None = None, seed: int = 1231,
                        block_init: str = "default", train_fraction: float = 1.0, verify_checksums: bool = True,
                        device: str = "auto", out_dir: str | None = None, run_name: str | None = None,
-                       resume_from: str | None = None, progress: bool = True, data_options: dict | None = None):
+                       resume_from: str | None = None, progress: bool = True, data_options: dict | None = None,
+                       precision: str = "fp32", channels_last: bool = False, fresh: bool = False,
+                       resume_override: str | None = None):
     """``data_options``: further DataConfig fields (split, noise, pixel_shuffle, ...; the original had none)."""
     M.cifar_resnet(depth)  # validates the depth before any data is read
     check(batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}")
@@ -276,11 +281,13 @@ def run_resnet_cifar10(depth: int, *, dataset: str = "cifar10", data_path: str =
     data = load_data(dcfg, seed=seed)
     eta = M.cifar_lr(depth, alpha) if lr is None else lr
     tcfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=eta, momentum=0.0, weight_decay=0.0, schedule="none",
-                       seed=seed, eval_every=max(1, epochs), device=device)
+                       seed=seed, eval_every=max(1, epochs), device=device, precision=precision,
+                       channels_last=channels_last)
     logger = CifarStepLogger(data.class_names, data.num_classes)
     out = run_training(project=PROJECT, entry_point="resnet_cifar10", arch=f"resnet{depth}_scaled", data_cfg=dcfg,
                        train_cfg=tcfg, model_options={"alpha": alpha, "block_init": block_init}, out_dir=out_dir,
-                       resume_from=resume_from, callbacks=[logger], params={"model.lr_rule": "L^(alpha-beta-0.05)",
+                       resume_from=resume_from, fresh=fresh, resume_override=resume_override,
+                       callbacks=[logger], params={"model.lr_rule": "L^(alpha-beta-0.05)",
                                                                              "model.depth": depth},
                        run_name=run_name, data=data, progress=progress)
     return out, logger.test, eta

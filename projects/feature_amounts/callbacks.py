@@ -13,7 +13,7 @@ from shared.train import Callback
 
 from .models import count_parameters
 from .results import record_from_history
-from .sgdr import cycle_of, nominal_steps, sgdr_lr
+from .sgdr import cycle_of
 from .splitting import AutoSplitter
 from .variants import capacity
 from .config import RESULT_JSON, Target
@@ -52,41 +52,15 @@ def trainer_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
 
 
 class SGDRCallback(Callback):
-    """Sets the lr before every optimizer step by the original's per-step SGDR rule (see :mod:`.sgdr`).
+    """Logs what the ``sgdr`` schedule (:mod:`.sgdr`, registered in ``SCHEDULES``) did: ``lr_last_step``, the lr of
+    the epoch's last step (the Trainer's ``lr`` shows the next epoch's first one), and ``sgdr_cycle``."""
 
-    The shared Trainer calls ``on_step_end`` after each step, so the callback writes the lr of the *next* step; it is
-    stateless (a pure function of the trainer's epoch and batch counters), hence exact after a resume. The metric
-    ``lr_last_step`` is the lr of the epoch's last step (the Trainer's ``lr`` shows the next epoch's first one).
-    """
-
-    def __init__(self, lr_max: float, lr_min: float, first_cycle: int, mul: int):
-        self.lr_max, self.lr_min, self.first_cycle, self.mul = lr_max, lr_min, first_cycle, mul
-        self.last = float("nan")
-
-    def _lr(self, epoch: int, step: int) -> float:
-        return sgdr_lr(epoch, step, self.nb, self.lr_max, self.lr_min, self.first_cycle, self.mul)
-
-    @staticmethod
-    def _set(tr, lr: float) -> None:
-        for g in tr.optimizer.param_groups:
-            g["lr"] = lr
-
-    def on_train_start(self, tr) -> None:
-        loader = tr.data.train
-        self.nb = nominal_steps(loader.num_samples, loader.batch_size)
-        self.steps = len(loader)
-        self._set(tr, self._lr(tr.epoch, 1))
-
-    def on_step_end(self, tr, loss, output, y) -> None:
-        self.last = tr.lr
-        b = tr.batch_in_epoch + 1  # the step just done (1-based)
-        nxt = (tr.epoch, b + 1) if b < self.steps else (tr.epoch + 1, 1)
-        self._set(tr, self._lr(*nxt))
+    def __init__(self, first_cycle: int, mul: int):
+        self.first_cycle, self.mul = first_cycle, mul
 
     def on_epoch_end(self, tr, metrics) -> None:
-        metrics["lr_last_step"] = self.last
+        metrics["lr_last_step"] = tr.schedule.scheduler.last_step_lr
         metrics["sgdr_cycle"] = cycle_of(tr.epoch - 1, self.first_cycle, self.mul)[0]
-        self._set(tr, self._lr(tr.epoch, 1))
 
 
 class AbortCallback(Callback):

@@ -93,9 +93,9 @@ def _configs(o: dict):
     dcfg = opt.data_config(o, base=dcfg, only=("noise", "noise_seed", "pixel_shuffle", "class_sample_seed",
                                                "stratified", "shuffle"))
     dcfg.validate()
-    tcfg = make_train_config(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"],
-                             weight_decay=o["weight_decay"], nesterov=o["nesterov"], seed=o["seed"],
-                             device=o["device"])
+    tcfg = opt.with_compute(make_train_config(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"],
+                                              weight_decay=o["weight_decay"], nesterov=o["nesterov"],
+                                              seed=o["seed"], device=o["device"]), o)
     tcfg.validate()
     return dcfg, tcfg, _opts(o)
 
@@ -208,7 +208,8 @@ def train_cmd(
         target = Target.of(vs[variant])
     data = load_data(dcfg, seed=tcfg.seed)
     res = train_target(target, data, dcfg, tcfg, opts, entry_point="train", out_dir=o.out_dir,
-                       resume_from=o.resume_from, run_name=o.run_name)
+                       resume_from=o.resume_from, run_name=o.run_name, fresh=o.fresh,
+                       resume_override=o.resume_override)
     r = res.record
     typer.echo(f"run {res.run_id}: {target.vid} BestVal={r['BestVal']:.2f}% (epoch {r['BestEpoch']}), "
                f"LastVal={r['LastValPrec']:.2f}%, Parameters={r['Parameters']:,}, micro-batch {r['MicroBatch']} "
@@ -216,8 +217,8 @@ def train_cmd(
 
 
 @app.command("sweep")
-@opt.options(SELECT, opt.FRESH, opt.DATA, opt.TRAIN, MODEL, opt.RUN_OUTPUT, defaults=DEFAULTS,
-             exclude=NOT_HERE + ("resume_from",))
+@opt.options(SELECT, opt.DATA, opt.TRAIN, MODEL, opt.RUN_OUTPUT, defaults=DEFAULTS,
+             exclude=NOT_HERE + ("resume_from", "resume_override"))
 def sweep_cmd(*, o: opt.Values) -> None:
     """Train all variants (or a selection) as child runs of one parent run; re-run the same command to continue."""
     from .sweep_runs import sweep

@@ -105,8 +105,8 @@ def make_data_config(dataset: str, *, data_path: str = "./data", patch_size: int
 def make_train_config(*, epochs: int = 150, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 5e-4,
                       nesterov: bool = False, seed: int = 0, device: str = "auto",
                       snapshot_every: int = 1) -> TrainConfig:
-    """SGD with the SGDR schedule applied by :class:`SGDRCallback` (the shared schedule is off); a snapshot every
-    epoch so that an interrupted run resumes where it stopped."""
+    """SGD (its SGDR schedule, the ``sgdr`` of ``SCHEDULES``, is set from the FAOptions by :func:`train_target`); a
+    snapshot every epoch so that an interrupted run resumes where it stopped."""
     return TrainConfig(epochs=epochs, optimizer="sgd", lr=lr, momentum=momentum, weight_decay=weight_decay,
                        nesterov=nesterov, schedule="none", seed=seed, device=device, snapshot_every=snapshot_every,
                        snapshot_init=True)
@@ -171,6 +171,9 @@ def train_key(data_cfg: DataConfig, train_cfg: TrainConfig, opts: FAOptions) -> 
     for k in ("data_path", "verify_checksums", "download", "num_workers", "eval_batch_size"):
         d.pop(k, None)
     t = asdict(train_cfg)
-    for k in ("device", "snapshot_every", "snapshot_all_until", "snapshot_init", "eval_every", "eval_test"):
+    for k in ("device", "snapshot_every", "snapshot_all_until", "snapshot_init", "eval_every", "eval_test",
+              "channels_last"):
         t.pop(k, None)
+    if t.get("precision") == "fp32":  # keys of sweeps started before --precision existed stay valid
+        t.pop("precision")
     return _hash({"data": d, "train": t, "fa": opts.result_settings()})

@@ -12,7 +12,8 @@ step of an epoch (``b`` = 1, 2, ...) it sets::
 so the first step of a new cycle still uses the old cycle's (near-minimum) lr, and because the epoch has
 ``ceil(N/B)`` steps while ``cur`` advances by ``1/floor(N/B)``, ``cur`` slightly overshoots each integer at an epoch's
 last step. :func:`sgdr_lr` is the closed form of that rule in terms of the global epoch; :class:`SGDR` is a small
-stateful wrapper with ``state_dict`` / ``load_state_dict`` for snapshots.
+stateful wrapper with ``state_dict`` / ``load_state_dict`` for snapshots, and :class:`StepwiseSGDR` drives it from the
+shared Trainer as the registered schedule ``sgdr`` (``TrainConfig(schedule="sgdr", schedule_options=...)``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import math
 from typing import Any
 
 from shared.errors import UsageError
+from shared.train import SCHEDULES, Schedule
 
 
 def nominal_steps(num_train: int, batch_size: int) -> int:
@@ -109,3 +111,45 @@ class SGDR:
             setattr(self, k, int(state[k]))
         for k in ("lr_max", "lr_min", "last_lr"):
             setattr(self, k, float(state[k]))
+
+
+class StepwiseSGDR:
+    """:class:`SGDR` as a per-step scheduler of the shared Trainer (registered as the schedule ``sgdr``).
+
+    The Trainer calls :meth:`step` after every optimizer step; it writes the lr of the *next* step (the first step's
+    at construction), rolling over to the next epoch after the loader's last batch (``ceil(N/B)`` steps, while the
+    formula advances by ``1/floor(N/B)``, as the original). ``last_step_lr`` is the lr of the step just taken.
+    """
+
+    def __init__(self, optimizer: Any, steps_per_epoch: int, num_batches: int, lr_max: float, lr_min: float = 1e-5,
+                 first_cycle: int = 10, mul: int = 2):
+        self.sgdr = SGDR(num_batches, lr_max, lr_min, first_cycle, mul, optimizer)
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.last_step_lr = float("nan")
+        self.sgdr.step()
+
+    def step(self) -> None:
+        self.last_step_lr = self.sgdr.last_lr
+        if self.sgdr.step_in_epoch >= self.steps_per_epoch:
+            self.sgdr.epoch_end()
+        self.sgdr.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.sgdr.state_dict(), "steps_per_epoch": self.steps_per_epoch, "last_step_lr": self.last_step_lr}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sgdr.load_state_dict(state)
+        self.steps_per_epoch, self.last_step_lr = int(state["steps_per_epoch"]), float(state["last_step_lr"])
+
+
+def sgdr_options(lr_min: float, first_cycle: int, mul: int) -> dict[str, Any]:
+    """``TrainConfig.schedule_options`` of the ``sgdr`` schedule."""
+    return {"lr_min": lr_min, "first_cycle": first_cycle, "mul": mul}
+
+
+@SCHEDULES.register("sgdr")
+def _sgdr_schedule(optimizer, cfg, loader) -> Schedule:
+    """SGDR from ``cfg.lr`` (the maximum) with ``cfg.schedule_options`` (:func:`sgdr_options`), stepped per step."""
+    o = {**sgdr_options(1e-5, 10, 2), **cfg.schedule_options}
+    return Schedule(StepwiseSGDR(optimizer, len(loader), nominal_steps(loader.num_samples, loader.batch_size),
+                                 cfg.lr, o["lr_min"], o["first_cycle"], o["mul"]), per_step=True)

@@ -103,7 +103,8 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
             res = train_target(target, data, data_cfg, train_cfg, opts, entry_point="sweep",
                                tags={"fa.train_key": tkey, "fa.sweep_key": skey},
                                out_dir=base_out / target.vid if base_out else None, resume_run=resume_run,
-                               resume_from=resume_from, progress=progress, catch_training_errors=True)
+                               resume_from=resume_from, progress=progress, catch_training_errors=True,
+                               fresh=resume_run is None)  # the sweep's records decide; leftover snapshots do not
             if res.error:
                 outcome.failed.append(target.vid)
                 echo(f"{prefix}: failed ({res.error})")

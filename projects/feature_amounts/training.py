@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -31,6 +31,7 @@ from . import models as _models  # noqa: F401  (registers feature_vgg / vgg_refe
 from .callbacks import (AbortCallback, BackfillCallback, RecordCallback, SGDRCallback, SnapshotPruner, SplitCallback,
                         trainer_loss)
 from .config import DEFAULT_SPLIT_CACHE, PROJECT, RESULT_JSON, FAOptions, Target, default_split_cache
+from .sgdr import sgdr_options
 from .splitting import AutoSplitter, MemoryFailure, SplitCache, device_name, is_oom, parse_memory
 
 
@@ -56,7 +57,8 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
                  entry_point: str = "train", tags: dict | None = None, out_dir: str | Path | None = None,
                  resume_run: str | None = None, resume_from: str | None = None,
                  extra_callbacks: Sequence[Callback] = (), progress: bool = True,
-                 catch_training_errors: bool = False, run_name: str | None = None) -> VariantOutcome:
+                 catch_training_errors: bool = False, run_name: str | None = None, fresh: bool = False,
+                 resume_override: str | None = None) -> VariantOutcome:
     """Train one network in its own MLflow run (nested under the active run, if any); returns its CSV row.
 
     With ``resume_run`` the existing run is continued (from ``resume_from``, a snapshot) instead of a new one opened.
@@ -66,6 +68,8 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
     ``error`` (the run is marked complete and failed) instead of raised, so that a sweep goes on.
     """
     opts.validate()
+    train_cfg = replace(train_cfg, schedule="sgdr",
+                        schedule_options=sgdr_options(opts.lr_wr_min, opts.lr_wr_epochs, opts.lr_wr_mul))
     splitter = make_splitter(opts, data_cfg.batch_size)
     params = {"Filters": list(target.widths), "Mean": target.mean, "Variance": target.scale, "Skew": target.skew,
               "variant_index": target.index, "variant_id": target.vid, **{f"fa.{k}": v for k, v in asdict(opts).items()}}
@@ -77,7 +81,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
         abort_cb = AbortCallback(opts.lr_wr_epochs, data.num_classes) if opts.abort_rule else None
         record_cb = RecordCallback(target, data.num_classes, split_cb, [c for c in (abort_cb, *extra_callbacks) if c])
         callbacks: list[Callback] = [record_cb, split_cb,
-                                     SGDRCallback(train_cfg.lr, opts.lr_wr_min, opts.lr_wr_epochs, opts.lr_wr_mul)]
+                                     SGDRCallback(opts.lr_wr_epochs, opts.lr_wr_mul)]
         if abort_cb:
             callbacks.append(abort_cb)
         callbacks += [SnapshotPruner(opts.keep_snapshots), *extra_callbacks]
@@ -88,6 +92,7 @@ def train_target(target: Target, data: Data, data_cfg: DataConfig, train_cfg: Tr
             out = run_training(project=PROJECT, entry_point=entry_point, arch="feature_vgg", data_cfg=data_cfg,
                                train_cfg=train_cfg, model_options=model_options,
                                out_dir=str(out_dir) if out_dir else None, resume_from=resume_from,
+                               fresh=fresh and resume_from is None, resume_override=resume_override,
                                callbacks=callbacks, params=params, tags=all_tags, run_name=run_name or target.vid,
                                loss_fn=trainer_loss, tracker=Tracker(reopen=resume_run) if resume_run else None,
                                data=data, progress=progress)

@@ -100,7 +100,8 @@ def train(
     which = "test" if evaluate else ("train" if evaluate_train else None)
     info = runner.train(arch, data_cfg, train_cfg, pretrained=pretrained, kill_plateaus=o.kill_plateaus,
                         start_epoch=start_epoch, resume_from=o.resume_from, init_from=init_from,
-                        evaluate_only=which, out_dir=o.out_dir, run_name=o.run_name)
+                        evaluate_only=which, out_dir=o.out_dir, run_name=o.run_name, fresh=o.fresh,
+                        resume_override=o.resume_override)
     if which:
         typer.echo(f"{which}: loss={info['loss']:.4f} top1={100 * info['acc']:.2f}% top5={100 * info['top5']:.2f}% "
                    f"(run {info['run_id']})")

@@ -164,7 +164,8 @@ class StartEpoch(Callback):
 def train(arch: str | None, data_cfg: DataConfig, train_cfg: TrainConfig, *, pretrained: bool = False,
           kill_plateaus: bool = False, start_epoch: int = 0, resume_from: str | None = None,
           init_from: str | None = None, evaluate_only: str | None = None, out_dir: str | None = None,
-          run_name: str | None = None, progress: bool = True) -> dict[str, Any]:
+          run_name: str | None = None, progress: bool = True, fresh: bool = False,
+          resume_override: str | None = None) -> dict[str, Any]:
     """Train (or only evaluate, ``evaluate_only`` = "test" | "train") one model; returns a summary dict."""
     arch = canonical_arch(arch)
     check(start_epoch >= 0, f"--start-epoch must be >= 0, got {start_epoch}")
@@ -193,7 +194,7 @@ def train(arch: str | None, data_cfg: DataConfig, train_cfg: TrainConfig, *, pre
     tags = {"source_run_id": source_run} if source_run else {}
     out = run_training(project=PROJECT, entry_point="train", arch=arch, data_cfg=data_cfg, train_cfg=train_cfg,
                        model=model, data=data, callbacks=callbacks, out_dir=out_dir, resume_from=resume_from,
-                       run_name=run_name, progress=progress, tags=tags,
+                       fresh=fresh, resume_override=resume_override, run_name=run_name, progress=progress, tags=tags,
                        params={"pretrained": pretrained, "kill_plateaus": kill_plateaus, "start_epoch": start_epoch,
                                "init_from": init_from or ""},
                        snapshot_meta={"dataset_label": dataset_label(data_cfg.dataset, data_cfg.subsample_classes)})
@@ -207,7 +208,9 @@ def _evaluate_only(model, data, arch, data_cfg, train_cfg, which, source, run_na
         load_weights(model, read_snapshot(source)[0])
     dev = resolve_device(train_cfg.device)
     loader = data.test if which == "test" else data.train_eval
-    res = evaluate(model.to(dev), loader, dev, data.task)
+    model = model.to(dev, memory_format=torch.channels_last) if train_cfg.channels_last else model.to(dev)
+    res = evaluate(model, loader, dev, data.task, precision=train_cfg.precision,
+                   channels_last=train_cfg.channels_last)
     t = Tracker()
     with t.start(PROJECT, "evaluate", run_name=run_name, tags={"arch": arch, "dataset": data_cfg.dataset},
                  params={"arch": arch, "split": which, "snapshot": source or ""}) as tr:
