@@ -39,7 +39,7 @@ DEFAULTS = {"dataset": "cifar10", "batch_size": 100, "noise_seed": 12345, "augme
 #: Options the original's pipeline does not have (its own normalization constants; no per-epoch train accuracy).
 NOT_HERE = ("normalize", "train_acc", "snapshot_all_until")
 #: Distillation keeps the initial and final student only (the original), and --resume-from names the teacher.
-NOT_IN_DISTILL = NOT_HERE + ("snapshot_every", "resume_from")
+NOT_IN_DISTILL = NOT_HERE + ("snapshot_every", "resume_from", "resume_override", "fresh")
 
 
 def _single_process(command: str) -> None:
