@@ -42,7 +42,6 @@ def register(app: typer.Typer) -> None:
         arch: opt.Arch = None,
         *,
         o: opt.Values,
-        system_metrics: opt.SystemMetrics = False,
         width: Annotated[Optional[int], typer.Option(help="Width option of the generic baselines (lenet_small, "
                                                           "mlp).")] = None,
     ) -> None:
@@ -54,7 +53,7 @@ def register(app: typer.Typer) -> None:
         out = run_training(project="shared", entry_point="train", arch=arch, data_cfg=opt.data_config(o),
                            train_cfg=opt.train_config(o), model_options=model_options, out_dir=o.out_dir,
                            resume_from=o.resume_from, run_name=o.run_name, fresh=o.fresh,
-                           resume_override=o.resume_override, system_metrics=system_metrics or None)
+                           resume_override=o.resume_override)
         final = out.result.final
         typer.echo(f"run {out.run_id}: " + ", ".join(f"{k}={v:.4f}" for k, v in final.items()
                                                      if k.endswith(("acc", "loss"))))

@@ -142,7 +142,7 @@ FRESH = _O("fresh", bool, "Start over: ignore the finished work of an earlier ru
 DATA = (DATASET, DATA_PATH, BATCH_SIZE, NOISE, NOISE_SEED, PIXEL_SHUFFLE, SUBSAMPLE_CLASSES, CLASS_SAMPLE_SEED, SPLIT,
         STRATIFIED, SPLIT_SEED, AUGMENTATION, NORMALIZE, SHUFFLE, VERIFY_CHECKSUMS, DOWNLOAD)
 TRAIN = (EPOCHS, OPTIMIZER, LR, MOMENTUM, WEIGHT_DECAY, LR_STEP, LR_DECAY, SEED, SNAPSHOT_EVERY, SNAPSHOT_ALL_UNTIL,
-         TRAIN_ACC, DEVICE, PRECISION, CHANNELS_LAST, RESUME_FROM, RESUME_OVERRIDE, FRESH)
+         TRAIN_ACC, DEVICE, PRECISION, CHANNELS_LAST, RESUME_FROM, RESUME_OVERRIDE, FRESH, SYSTEM_METRICS)
 RUN_OUTPUT = (OUT_DIR, RUN_NAME)
 
 # every option also as an Annotated type for a single use: ``out_dir: opt.OutDir = None`` (OUT_DIR -> OutDir)
@@ -187,7 +187,15 @@ def options(*groups, defaults: dict | None = None, exclude: tuple = ()):
         @functools.wraps(fn)
         def command(**kwargs):
             o = Values((n, kwargs.pop(n)) for n in names)
-            return fn(**kwargs, o=o)
+            if not o.get("system_metrics"):
+                return fn(**kwargs, o=o)
+            from shared.tracking import Tracker  # every run this command opens samples MLflow's system metrics
+
+            before, Tracker.system_metrics = Tracker.system_metrics, True
+            try:
+                return fn(**kwargs, o=o)
+            finally:
+                Tracker.system_metrics = before
 
         command.__signature__ = sig.replace(parameters=params, return_annotation=None)
         command.__annotations__ = {p.name: p.annotation for p in params}

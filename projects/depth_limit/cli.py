@@ -68,7 +68,7 @@ def _echo(msg: str) -> None:
 @app.command("fit")
 @opt.options(opt.DATASET, opt.DATA_PATH, opt.BATCH_SIZE, opt.TRAIN_FRACTION, opt.SHUFFLE, opt.VERIFY_CHECKSUMS,
              opt.DOWNLOAD, DATA_EXTRA, opt.LR, opt.EPOCHS, opt.SEED, opt.DEVICE, opt.PRECISION, opt.CHANNELS_LAST,
-             opt.RESUME_FROM, opt.RESUME_OVERRIDE, opt.FRESH, opt.RUN_OUTPUT,
+             opt.RESUME_FROM, opt.RESUME_OVERRIDE, opt.FRESH, opt.SYSTEM_METRICS, opt.RUN_OUTPUT,
              defaults={"dataset": "sin", "batch_size": 0, "train_fraction": None, "shuffle": False, "lr": 1e-3,
                        "seed": 1234})
 def fit_cmd(
@@ -121,7 +121,7 @@ def fit_cmd(
 @app.command("resnet-cifar10")
 @opt.options(opt.DATASET, opt.DATA_PATH, opt.BATCH_SIZE, opt.TRAIN_FRACTION, opt.VERIFY_CHECKSUMS, DATA_EXTRA,
              opt.EPOCHS, opt.LR, opt.SEED, opt.DEVICE, opt.PRECISION, opt.CHANNELS_LAST, opt.RESUME_FROM,
-             opt.RESUME_OVERRIDE, opt.FRESH, opt.RUN_OUTPUT,
+             opt.RESUME_OVERRIDE, opt.FRESH, opt.SYSTEM_METRICS, opt.RUN_OUTPUT,
              defaults={"dataset": "cifar10", "epochs": 16, "lr": None, "seed": 1231})
 def resnet_cifar10_cmd(
     L: Depth,

@@ -180,3 +180,10 @@ NO_RUN = {"geomlab datasets", "geomlab archs", "geomlab evaluate", "geomlab feat
 @pytest.mark.parametrize("path", sorted(set(COMMANDS) - NO_RUN))
 def test_every_command_that_opens_a_run_takes_a_run_name(path):
     assert "run_name" in {p.name for p in COMMANDS[path].params}
+
+
+@pytest.mark.parametrize("path", [p for p, c in COMMANDS.items()
+                                  if {"precision", "lr"} <= {q.name for q in c.params}])
+def test_every_training_command_offers_system_metrics(path):
+    """Issue 12 item 6: --system-metrics on every command that trains (the long runs), not only the root train."""
+    assert "system_metrics" in {p.name for p in COMMANDS[path].params}
