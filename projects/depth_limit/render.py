@@ -74,7 +74,7 @@ def landscape_inputs(source: str, dataset: str | None, data_path: str | None, se
     idx = torch.from_numpy(np.sort(np.random.RandomState(settings.sample_seed).permutation(n)[:k]))
     x = loader.transform(loader.x[idx], None)
     y = loader.y[idx]
-    return model, x, y, data.task, snap, run_id, snap_ref
+    return model, x, y, data, snap, run_id, snap_ref
 
 
 def make_evaluator(model, x, y, task: str, settings: RenderSettings, loss_p: float = 2.0,
@@ -198,7 +198,7 @@ def render_landscape(source: str, out_dir: str | None, settings: RenderSettings,
     rank, size = comm.Get_rank(), comm.Get_size()
     out = Path(out_dir) if out_dir else landscape_dir(source)
     cells_dir = out / "cells"
-    model, x, y, task, snap, run_id, snap_ref = landscape_inputs(source, dataset, data_path, settings)
+    model, x, y, data, snap, run_id, snap_ref = landscape_inputs(source, dataset, data_path, settings)
     spec_opts = (snap.get("model_spec") or {}).get("options", {})
     fp = _fingerprint(snap, settings, dataset or (snap.get("data_config") or {}).get("dataset", "?"))
     meta_path = out / "render.json"
@@ -208,7 +208,7 @@ def render_landscape(source: str, out_dir: str | None, settings: RenderSettings,
             old = json.loads(meta_path.read_text())
             if old.get("fingerprint") != fp:
                 diff = [k for k in fp if old.get("fingerprint", {}).get(k) != fp[k]]
-                raise UsageError(f"{out} holds a render with other settings ({', '.join(diff)}); use another --out "
+                raise UsageError(f"{out} holds a render with other settings ({', '.join(diff)}); use another --out-dir "
                                  "or --fresh to start over")
         if fresh:
             for f in cells_dir.glob("cell_*.npy"):
@@ -218,7 +218,7 @@ def render_landscape(source: str, out_dir: str | None, settings: RenderSettings,
     comm.Barrier()
     plan = LS.plan_cells(settings.steps, settings.cell_size)
     meta = snap.get("depth_limit") or {}
-    evaluate = make_evaluator(model, x, y, task, settings, float(meta.get("p_loss", 2.0)),
+    evaluate = make_evaluator(model, x, y, data.task, settings, float(meta.get("p_loss", 2.0)),
                               meta.get("loss_convention", "code"))
     # rank 0 lists the finished cells once and every rank gets the same list (ranks write cells while others list)
     pending = comm.bcast(LS.pending_cells(plan, done_cells(cells_dir, plan)) if rank == 0 else None, root=0)
@@ -242,6 +242,7 @@ def render_landscape(source: str, out_dir: str | None, settings: RenderSettings,
                    **{f"model.{k}": v for k, v in spec_opts.items()}})
     with tracker.start(PROJECT, "landscape", run_name=run_name, params=params,
                        tags={"source_run_id": run_id} if run_id else {}) as t:
+        t.log_data(data)  # the data the loss surface is evaluated on (a sample of its training split)
         t.log_artifact(surf_path, "landscape")
         t.log_metrics({"landscape_min": result["min"], "landscape_max": result["max"],
                        "landscape_centre": result["centre"]})

@@ -94,6 +94,8 @@ def test_landscape_render_resumes_and_plots(mlflow_store, cli, tmp_path):
     assert (out / "landscape_surface.png").exists() and (out / "landscape_contour.png").exists()
     ls_run = _runs("landscape")[-1]
     assert ls_run.data.tags["source_run_id"] == rid
+    # the data the surface was evaluated on is the run's MLflow input (issue 12 item 3)
+    assert [d.dataset.name for d in ls_run.inputs.dataset_inputs if d.dataset.name == "digits"]
     # resume: finished cells are reused (a tampered cell shows up), missing ones recomputed
     cells = sorted((out / "cells").glob("cell_*.npy"))
     assert len(cells) == 9
