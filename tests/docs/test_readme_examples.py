@@ -1,0 +1,302 @@
+"""READMEs that run: every command example of README.md and projects/*/README.md runs, scaled down.
+
+The examples are read from the README text (fenced ``bash`` blocks; continuation lines joined, comments dropped,
+``a; b`` split). Each one is scaled down by the small, explicit tables below (digits instead of files on disk, one
+epoch, tiny grids and depths) and placeholders (``<train run id>``, ``runs:/<fit run id>/...``) are filled with
+runs that earlier examples of the same README made, in a temporary MLflow store. An example the tables cannot map
+fails the test with its README line, so a new or edited example must either run or be added, with a reason, to
+SKIP. Each README is one test: its examples run in order and share their runs.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+READMES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("projects/*/README.md"))
+COMMAND = re.compile(r"^(geomlab|mlflow|make|mpiexec|\.venv/bin/|python|sudo|export|cat|curl|CUDA_VISIBLE_DEVICES)")
+
+# -- what is not run, and why (matched against the start of the example) ----------------------------------------------
+SKIP = {
+    "make test": "runs this test suite itself",
+    "make setup": "installs into the shared virtual environment",
+    "make ui": "starts a long-running server",
+    ".venv/bin/mlflow ui": "starts a long-running server",
+    "mlflow ui": "starts a long-running server",
+    "mlflow server": "starts a long-running server (PostgreSQL backend of a cluster)",
+    "sudo ": "system administration (package install, database creation)",
+    "curl ": "talks to a remote tracking server",
+    "export MLFLOW_TRACKING_URI=http": "points at a remote tracking server",
+    "cat > hostfile": "writes a hostfile for a multi-host MPI job",
+    ".venv/bin/mpiexec -f hostfile": "needs a real multi-host cluster",
+    "geomlab sweep cone_geometry train --space projects/cone_geometry/spaces/teacher.yaml --n-trials 200 --study "
+    "teachers-2026 --storage postgresql": "needs the cluster's PostgreSQL storage",
+    ".venv/bin/pytest": "runs (part of) this test suite itself",
+    ".venv/bin/python benchmarks/": "benchmarks take minutes (benchmarks/ has its own smoke tests)",
+    "CUDA_VISIBLE_DEVICES=": "needs several GPUs",
+}
+
+# -- the scaling-down rewrite table: (pattern, replacement), applied in order to the joined command ------------------
+REWRITE = [
+    # the demo: its shortest form (one step) instead of all of them (minutes on 2 cores)
+    (r"^make demo$", "mlflow run . -e demo -P steps=shared --env-manager local"),
+    # data: the embedded digits instead of files under /data or ./data (regression sets stay)
+    (r"--dataset (?!digits\b|sin\b|constant\b)\S+", "--dataset digits"),
+    (r"-P dataset=(?!digits\b)\S+", "-P dataset=digits"),
+    (r" --data-path \S+", ""),
+    # length: one epoch, a few trials, small grids, shallow nets
+    (r"--epochs \d+", "--epochs 1"),
+    (r"-P epochs=\d+", "-P epochs=1"),
+    (r"--n-trials \d+", "--n-trials 2"),
+    (r"-P n_trials=\d+", "-P n_trials=2"),
+    (r"--runs \d+", "--runs 2"),
+    (r"--snapshot-every \d+", "--snapshot-every 1"),
+    (r"--steps 51\b", "--steps 5"),
+    (r"--num-samples \d+", "--num-samples 200"),
+    (r"--L (?!56\b)\d+", "--L 4"),
+    (r"--dim \d+", "--dim 2"),
+    (r"--window-size \d+", "--window-size 0"),
+    (r"\bepoch_\d{3}\.pt\b", "epoch_001.pt"),
+    (r"mpiexec -n \d+", "mpiexec -n 2"),
+    # a placeholder space file: the test writes it (see _space_file)
+    (r"--space my_space\.yaml", "--space {space}"),
+    # continuation of the previous example ("the same command again")
+    (r"^(geomlab feature-amounts sweep) \.\.\.$", r"\1"),
+]
+# options added to a command (after the rewrite) when it does not set them: the project's defaults are full scale
+APPEND = {
+    "geomlab train": "--dataset digits --epochs 1",
+    "geomlab cone-geometry train": "--dataset digits --epochs 1",
+    "geomlab cone-geometry distill": "--epochs 1",
+    "geomlab hyperplane-bias train": "--dataset digits --epochs 1 --lr 0.01",
+    "geomlab hyperplane-bias reinit": "--max-test 50",
+    "geomlab depth-limit fit": "--epochs 12 --num-samples 200",   # 12 steps: enough points for curve-fit
+    "geomlab depth-limit resnet-cifar10": "--dataset digits --epochs 1 --train-fraction 0.05",
+    "geomlab depth-limit landscape render": "--steps 5 --cell-size 5",
+    "geomlab feature-amounts train": "--dataset digits --epochs 1 --width-multiplier 0.02 --patch-size 16 "
+                                     "--split-cache ''",
+    "geomlab feature-amounts sweep": "--dataset digits --epochs 1 --width-multiplier 0.02 --patch-size 16 "
+                                     "--split-cache '' --stop 2",
+    "geomlab feature-amounts optimize": "--dataset digits --epochs 1 --width-multiplier 0.02 --patch-size 16 "
+                                        "--split-cache '' --storage sqlite:///{tmp}/optuna-fa.db",
+    "geomlab sweep": "--storage sqlite:///{tmp}/optuna.db",
+    "mlflow run": "-P out_dir={tmp}/mlflow-run-out",
+    "mlflow run . -e sweep": "-P storage=sqlite:///{tmp}/optuna-mlflow.db",
+}
+# placeholders: `<role run id>` is the newest run of the same project whose entry point is the role's
+ROLES = {
+    "train": "train", "teacher": "train", "student": "distill", "distill": "distill",
+    "distill-all": "distill_all", "nesting": "nesting", "reinit": "reinit", "fit": "fit",
+    "render": "landscape", "sweep": "sweep",
+}
+PLACEHOLDER = re.compile(r"<([\w-]+) run (ids?)(\.\.\.)?>")
+
+
+@dataclass
+class Example:
+    readme: str
+    line: int
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.readme}:{self.line}: {self.text}"
+
+
+def examples(readme: str) -> list[Example]:
+    """The command examples of a README: fenced bash blocks, continuation lines joined, comments and heredoc bodies
+    dropped, `a; b` split."""
+    out: list[Example] = []
+    block = False
+    buf, start, heredoc = "", 0, None
+    for i, raw in enumerate((ROOT / readme).read_text().splitlines(), 1):
+        s = raw.strip()
+        if s.startswith("```"):
+            block = s == "```bash" if not block else False
+            continue
+        if not block:
+            continue
+        if heredoc:
+            heredoc = None if s == heredoc else heredoc
+            continue
+        s = re.sub(r"(^|\s)#.*$", "", s).strip()
+        if not s and not buf:
+            continue
+        buf, start = (f"{buf} {s}", start) if buf else (s, i)
+        if buf.endswith("\\"):
+            buf = buf[:-1].rstrip()
+            continue
+        m = re.search(r"<<\s*'?(\w+)'?", buf)
+        if m:
+            heredoc = m.group(1)
+        for part in buf.split(";"):
+            if part.strip():
+                out.append(Example(readme, start, " ".join(part.split())))
+        buf = ""
+    return out
+
+
+def skip_reason(ex: Example) -> str | None:
+    return next((why for prefix, why in SKIP.items() if ex.text.startswith(prefix)), None)
+
+
+def _options(spec: str) -> list[tuple[str, str]]:
+    """'--a 1 --b -P c=2' -> [('--a', '--a 1'), ('--b', '--b'), ('-P c=', '-P c=2')]."""
+    return [(o.split("=")[0] + "=" if o.startswith("-P") else o.split()[0], o)
+            for o in re.findall(r"-P \S+|--\S+(?: (?!-)\S+)?", spec)]
+
+
+def scale_down(text: str) -> str:
+    for pat, rep in REWRITE:
+        text = re.sub(pat, rep, text)
+    for prefix in sorted(APPEND, key=len):
+        if text == prefix or text.startswith(prefix + " "):
+            for name, opt in _options(APPEND[prefix]):
+                if not re.search(rf"(^| ){re.escape(name)}( |=|$)" if not name.endswith("=") else re.escape(name),
+                                 text):
+                    text += " " + opt
+    return text
+
+
+def unmapped(ex: Example) -> str | None:
+    """Why an example cannot be run by this test (None: it can)."""
+    if skip_reason(ex):
+        return None
+    t = scale_down(ex.text)
+    if not COMMAND.match(t):
+        return "not a command this test knows how to run (geomlab, mlflow run, make, mpiexec, .venv/bin/...)"
+    for m in re.finditer(r"<[^>]*>", t):
+        pm = PLACEHOLDER.fullmatch(m.group(0))
+        if not pm or pm.group(1) not in ROLES:
+            return f"placeholder {m.group(0)} is not in the test's ROLES table"
+    if re.search(r"(^| )/data\b|\./data\b", t):
+        return "reads files under a data folder the test does not have (add a rewrite)"
+    for pat, what in [(r"--epochs (?!1\b|12\b)", "epochs"), (r"--n-trials (?!2\b)", "trials")]:
+        if re.search(pat, t):
+            return f"full-scale {what} left after the rewrite table"
+    return None
+
+
+@pytest.mark.parametrize("readme", READMES)
+def test_every_example_is_mapped(readme):
+    """Every example of every README is either run (scaled down by the tables) or skipped for a stated reason."""
+    exs = examples(readme)
+    assert exs, f"{readme}: no command examples found (is the bash fence still ```bash?)"
+    bad = [f"{ex}\n    -> {why}" for ex in exs if (why := unmapped(ex))]
+    assert not bad, "README examples this test cannot run (fix the README or the tables in " \
+                    f"{Path(__file__).name}):\n" + "\n".join(bad)
+
+
+def test_scale_down_table():
+    """The rewrite table does what it says on the shapes the READMEs use."""
+    assert scale_down("geomlab cone-geometry train --arch VGG9 --dataset cifar10 --data-path /data --epochs 75") \
+        == "geomlab cone-geometry train --arch VGG9 --dataset digits --epochs 1"
+    assert scale_down("geomlab feature-amounts train --variant 0").startswith(
+        "geomlab feature-amounts train --variant 0 --dataset digits --epochs 1")
+    assert scale_down("geomlab depth-limit fit --dataset sin --L 100 --epochs 200") == \
+        "geomlab depth-limit fit --dataset sin --L 4 --epochs 1 --num-samples 200"
+    assert unmapped(Example("R", 1, "geomlab x --run <frobnicated run id>"))
+    assert unmapped(Example("R", 1, "frobnicate --now"))
+
+
+# -- running ------------------------------------------------------------------------------------------------------
+class Session:
+    """Runs one README's examples in order in a temporary MLflow store, filling placeholders from its runs."""
+
+    def __init__(self, tmp: Path, uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.tmp, self.uri = tmp, uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": str(ROOT),
+                    "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ.get('PATH', '')}", "OMP_NUM_THREADS": "1",
+                    "GEOMLAB_NO_PROGRESS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+            self.env.pop(var, None)
+        self.space = tmp / "space.yaml"
+        self.space.write_text("params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
+                              "fixed:\n  dataset: digits\n  epochs: 1\n  split: 0.1\n  arch: lenet_small\n")
+
+    def runs(self, project: str, entry_point: str) -> list[str]:
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        found = self.client.search_runs(exps, f"tags.project = '{project}' and tags.entry_point = '{entry_point}'",
+                                        order_by=["attributes.start_time DESC"], max_results=50)
+        top = [r.info.run_id for r in found if "mlflow.parentRunId" not in r.data.tags]
+        nested = [r.info.run_id for r in found if "mlflow.parentRunId" in r.data.tags]
+        return top or nested
+
+    def fill(self, text: str, project: str, where: Example) -> str:
+        used: dict[str, int] = {}
+
+        def one(m: re.Match) -> str:
+            role, plural, more = m.group(1), m.group(2) == "ids", m.group(3)
+            ids = self.runs(project, ROLES[role])
+            assert ids, f"{where}: no earlier {ROLES[role]!r} run of {project} for {m.group(0)}"
+            if plural or more:
+                return " ".join(ids[:2])
+            k = used.get(role, 0)
+            used[role] = k + 1
+            return ids[min(k, len(ids) - 1)]
+
+        text = PLACEHOLDER.sub(one, text)
+        return re.sub(r"(^| )\.\.\.(?= |$)", " ", text).replace("{space}", str(self.space)) \
+            .replace("{tmp}", str(self.tmp))
+
+    def run(self, ex: Example) -> tuple[str, int, str]:
+        text = scale_down(ex.text)
+        words = text.split()
+        if text.startswith("mlflow run") or text.startswith(".venv/bin/mlflow run"):
+            target = words[2] if words[0] == "mlflow" else words[2]
+            project = Path(target).name if target != "." else "shared"
+        elif text.startswith("geomlab ") and len(words) > 1 and not words[1].startswith("-") and \
+                (ROOT / "projects" / words[1].replace("-", "_")).is_dir():
+            project = words[1].replace("-", "_")
+        elif "shared.cli" in words:
+            project = words[words.index("shared.cli") + 1].replace("-", "_")
+        else:
+            project = "shared"
+        cmd = self.fill(text, project, ex)
+        argv = shlex.split(cmd)
+        if argv[0] == "geomlab":
+            argv = [sys.executable, "-m", "shared.cli"] + argv[1:]
+        elif argv[0] == "mpiexec":
+            argv[0] = str(ROOT / ".venv" / "bin" / "mpiexec")
+        elif argv[0] in ("mlflow", "python"):
+            argv[0] = str(ROOT / ".venv" / "bin" / argv[0])
+        for i, a in enumerate(argv):
+            if a.startswith(".venv/bin/"):
+                argv[i] = str(ROOT / a)
+        # `mlflow run <folder>` resolves the folder from the working directory: run those from the repository root
+        cwd = ROOT if "mlflow" in Path(argv[0]).name and argv[1:2] == ["run"] else self.tmp
+        if cwd == self.tmp and not (self.tmp / "projects").exists():
+            (self.tmp / "projects").symlink_to(ROOT / "projects")
+        p = subprocess.run(argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=600)
+        return cmd, p.returncode, (p.stdout + p.stderr)[-1500:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("readme", READMES)
+def test_readme_examples_run(readme, mlflow_store, tmp_path):
+    """Run every mapped example of one README in order; each must exit 0."""
+    s = Session(tmp_path, mlflow_store)
+    failures = []
+    for ex in examples(readme):
+        if skip_reason(ex) or unmapped(ex):
+            continue  # unmapped examples fail test_every_example_is_mapped
+        t0 = time.perf_counter()
+        try:
+            cmd, rc, out = s.run(ex)
+        except AssertionError as e:
+            failures.append(str(e))
+            continue
+        print(f"{ex.readme}:{ex.line}: {time.perf_counter() - t0:.1f} s  {cmd}", file=sys.stderr)
+        if rc != 0:
+            failures.append(f"{ex}\n    ran: {cmd}\n    exit code {rc}\n    " + out.replace("\n", "\n    "))
+    assert not failures, f"{len(failures)} example(s) of {readme} failed:\n" + "\n".join(failures)
