@@ -53,7 +53,8 @@ REWRITE = [
     (r"-P dataset=(?!digits\b)\S+", "-P dataset=digits"),
     (r" --data-path \S+", ""),
     # length: one epoch, a few trials, small grids, shallow nets
-    (r"--epochs \d+", "--epochs 1"),
+    (r"^(geomlab depth-limit fit .*)--epochs \d+", r"\1--epochs 12"),   # 12 steps: enough points for curve-fit
+    (r"--epochs (?!12\b)\d+", "--epochs 1"),
     (r"-P epochs=\d+", "-P epochs=1"),
     (r"--n-trials \d+", "--n-trials 2"),
     (r"-P n_trials=\d+", "-P n_trials=2"),
@@ -78,7 +79,7 @@ APPEND = {
     "geomlab cone-geometry distill": "--epochs 1",
     "geomlab hyperplane-bias train": "--dataset digits --epochs 1 --lr 0.01",
     "geomlab hyperplane-bias reinit": "--max-test 50",
-    "geomlab depth-limit fit": "--epochs 12 --num-samples 200",   # 12 steps: enough points for curve-fit
+    "geomlab depth-limit fit": "--epochs 12 --num-samples 200",
     "geomlab depth-limit resnet-cifar10": "--dataset digits --epochs 1 --train-fraction 0.05",
     "geomlab depth-limit landscape render": "--steps 5 --cell-size 5",
     "geomlab feature-amounts train": "--dataset digits --epochs 1 --width-multiplier 0.02 --patch-size 16 "
@@ -201,7 +202,9 @@ def test_scale_down_table():
     assert scale_down("geomlab feature-amounts train --variant 0").startswith(
         "geomlab feature-amounts train --variant 0 --dataset digits --epochs 1")
     assert scale_down("geomlab depth-limit fit --dataset sin --L 100 --epochs 200") == \
-        "geomlab depth-limit fit --dataset sin --L 4 --epochs 1 --num-samples 200"
+        "geomlab depth-limit fit --dataset sin --L 4 --epochs 12 --num-samples 200"
+    assert scale_down("geomlab depth-limit landscape render 0123 --steps 51") == \
+        "geomlab depth-limit landscape render 0123 --steps 5 --cell-size 5"
     assert unmapped(Example("R", 1, "geomlab x --run <frobnicated run id>"))
     assert unmapped(Example("R", 1, "frobnicate --now"))
 
@@ -264,9 +267,18 @@ class Session:
             project = "shared"
         cmd = self.fill(text, project, ex)
         argv = shlex.split(cmd)
-        if argv[0] == "geomlab":
-            argv = [sys.executable, "-m", "shared.cli"] + argv[1:]
-        elif argv[0] == "mpiexec":
+        if argv[0] == "geomlab":  # in-process, as tests/conftest.py's `cli` (saves an interpreter start each)
+            import mlflow
+            from typer.testing import CliRunner
+
+            from shared.cli import app
+
+            r = CliRunner().invoke(app, argv[1:])
+            while mlflow.active_run():
+                mlflow.end_run()
+            err = "" if r.exception is None or isinstance(r.exception, SystemExit) else repr(r.exception)
+            return cmd, r.exit_code, (r.stdout + r.stderr + err)[-1500:]
+        if argv[0] == "mpiexec":
             argv[0] = str(ROOT / ".venv" / "bin" / "mpiexec")
         elif argv[0] in ("mlflow", "python"):
             argv[0] = str(ROOT / ".venv" / "bin" / argv[0])
@@ -300,3 +312,36 @@ def test_readme_examples_run(readme, mlflow_store, tmp_path):
         if rc != 0:
             failures.append(f"{ex}\n    ran: {cmd}\n    exit code {rc}\n    " + out.replace("\n", "\n    "))
     assert not failures, f"{len(failures)} example(s) of {readme} failed:\n" + "\n".join(failures)
+
+
+def _commands(group, path=()):
+    """(path, click command) of every command of the `geomlab` tree."""
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, path + (name,))
+        elif cmd is not None:
+            yield path + (name,), cmd
+
+
+def test_dataset_options_have_the_same_names_everywhere():
+    """The root README's "Dataset options of every command that trains" exist on every command that trains (takes
+    --dataset and --epochs); the options are read from the README's sentence."""
+    import typer
+
+    from shared.cli import app
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"Dataset options of every command that trains[^:]*:(.*?)Where the project's pipeline allows", text)
+    assert m, "README.md: the sentence 'Dataset options of every command that trains ...' is gone"
+    promised = set(re.findall(r"`(--[a-z-]+)", m.group(1)))
+    assert {"--noise", "--split", "--subsample-classes"} <= promised
+    missing = []
+    for path, cmd in _commands(typer.main.get_command(app)):
+        names = {o for p in cmd.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+        if {"--dataset", "--epochs"} <= names and (lost := promised - names):
+            missing.append(f"geomlab {' '.join(path)}: {sorted(lost)}")
+    assert not missing, "commands that train without the README's dataset options:\n" + "\n".join(missing)
