@@ -45,7 +45,8 @@ def register(app: typer.Typer) -> None:
         width: Annotated[Optional[int], typer.Option(help="Width option of the generic baselines (lenet_small, "
                                                           "mlp).")] = None,
     ) -> None:
-        """Train any registered architecture with the shared loop (generic baselines: lenet_small, mlp)."""
+        """Train a generic baseline (lenet_small, mlp) with the shared loop; a project's architectures train with
+        that project's own `train` (e.g. `geomlab cone-geometry train --arch VGG9`)."""
         from shared.experiment import run_training
 
         model_options = {"width": width} if width is not None and arch == "lenet_small" else \

@@ -158,7 +158,7 @@ def scale_down(text: str) -> str:
     for pat, rep in REWRITE:
         text = re.sub(pat, rep, text)
     for prefix in sorted(APPEND, key=len):
-        if text == prefix or text.startswith(prefix + " "):
+        if (text == prefix or text.startswith(prefix + " ")) and " --help" not in text:
             for name, opt in _options(APPEND[prefix]):
                 if not re.search(rf"(^| ){re.escape(name)}( |=|$)" if not name.endswith("=") else re.escape(name),
                                  text):
@@ -205,6 +205,7 @@ def test_scale_down_table():
         "geomlab depth-limit fit --dataset sin --L 4 --epochs 12 --num-samples 200"
     assert scale_down("geomlab depth-limit landscape render 0123 --steps 51") == \
         "geomlab depth-limit landscape render 0123 --steps 5 --cell-size 5"
+    assert scale_down("geomlab sweep --help") == "geomlab sweep --help"
     assert unmapped(Example("R", 1, "geomlab x --run <frobnicated run id>"))
     assert unmapped(Example("R", 1, "frobnicate --now"))
 
