@@ -242,7 +242,8 @@ class Session:
         def one(m: re.Match) -> str:
             role, plural, more = m.group(1), m.group(2) == "ids", m.group(3)
             ids = self.runs(project, ROLES[role])
-            assert ids, f"{where}: no earlier {ROLES[role]!r} run of {project} for {m.group(0)}"
+            if not ids:
+                raise LookupError(f"{where}: no {ROLES[role]!r} run of {project} in this README for {m.group(0)}")
             if plural or more:
                 return " ".join(ids[:2])
             k = used.get(role, 0)
@@ -299,50 +300,19 @@ class Session:
 def test_readme_examples_run(readme, mlflow_store, tmp_path):
     """Run every mapped example of one README in order; each must exit 0."""
     s = Session(tmp_path, mlflow_store)
-    failures = []
-    for ex in examples(readme):
-        if skip_reason(ex) or unmapped(ex):
-            continue  # unmapped examples fail test_every_example_is_mapped
-        t0 = time.perf_counter()
-        try:
-            cmd, rc, out = s.run(ex)
-        except AssertionError as e:
-            failures.append(str(e))
-            continue
-        print(f"{ex.readme}:{ex.line}: {time.perf_counter() - t0:.1f} s  {cmd}", file=sys.stderr)
-        if rc != 0:
-            failures.append(f"{ex}\n    ran: {cmd}\n    exit code {rc}\n    " + out.replace("\n", "\n    "))
+    failures: list[str] = []
+    todo = [ex for ex in examples(readme) if not skip_reason(ex) and not unmapped(ex)]  # unmapped: see above
+    for attempt in (1, 2):  # an example whose runs come later in the README is tried again after the others
+        later = []
+        for ex in todo:
+            t0 = time.perf_counter()
+            try:
+                cmd, rc, out = s.run(ex)
+            except LookupError as e:
+                (later if attempt == 1 else failures).append(ex if attempt == 1 else str(e))
+                continue
+            print(f"{ex.readme}:{ex.line}: {time.perf_counter() - t0:.1f} s  {cmd}", file=sys.stderr)
+            if rc != 0:
+                failures.append(f"{ex}\n    ran: {cmd}\n    exit code {rc}\n    " + out.replace("\n", "\n    "))
+        todo = later
     assert not failures, f"{len(failures)} example(s) of {readme} failed:\n" + "\n".join(failures)
-
-
-def _commands(group, path=()):
-    """(path, click command) of every command of the `geomlab` tree."""
-    import click
-
-    ctx = click.Context(group)
-    for name in group.list_commands(ctx):
-        cmd = group.get_command(ctx, name)
-        if isinstance(cmd, click.Group):
-            yield from _commands(cmd, path + (name,))
-        elif cmd is not None:
-            yield path + (name,), cmd
-
-
-def test_dataset_options_have_the_same_names_everywhere():
-    """The root README's "Dataset options of every command that trains" exist on every command that trains (takes
-    --dataset and --epochs); the options are read from the README's sentence."""
-    import typer
-
-    from shared.cli import app
-
-    text = " ".join((ROOT / "README.md").read_text().split())
-    m = re.search(r"Dataset options of every command that trains[^:]*:(.*?)Where the project's pipeline allows", text)
-    assert m, "README.md: the sentence 'Dataset options of every command that trains ...' is gone"
-    promised = set(re.findall(r"`(--[a-z-]+)", m.group(1)))
-    assert {"--noise", "--split", "--subsample-classes"} <= promised
-    missing = []
-    for path, cmd in _commands(typer.main.get_command(app)):
-        names = {o for p in cmd.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
-        if {"--dataset", "--epochs"} <= names and (lost := promised - names):
-            missing.append(f"geomlab {' '.join(path)}: {sorted(lost)}")
-    assert not missing, "commands that train without the README's dataset options:\n" + "\n".join(missing)
