@@ -316,3 +316,36 @@ def test_readme_examples_run(readme, mlflow_store, tmp_path):
                 failures.append(f"{ex}\n    ran: {cmd}\n    exit code {rc}\n    " + out.replace("\n", "\n    "))
         todo = later
     assert not failures, f"{len(failures)} example(s) of {readme} failed:\n" + "\n".join(failures)
+
+
+def _commands(group, path=()):
+    """(path, click command) of every command of the `geomlab` tree."""
+    import click
+
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, path + (name,))
+        elif cmd is not None:
+            yield path + (name,), cmd
+
+
+def test_dataset_options_have_the_same_names_everywhere():
+    """The root README's "Dataset options of every command that trains" exist on every command that trains (takes
+    --dataset and --epochs); the options are read from the README's sentence."""
+    import typer
+
+    from shared.cli import app
+
+    text = " ".join((ROOT / "README.md").read_text().split())
+    m = re.search(r"Dataset options of every command that trains[^:]*:(.*?)Where the project's pipeline allows", text)
+    assert m, "README.md: the sentence 'Dataset options of every command that trains ...' is gone"
+    promised = set(re.findall(r"`(--[a-z-]+)", m.group(1)))
+    assert {"--noise", "--split", "--subsample-classes"} <= promised
+    missing = []
+    for path, cmd in _commands(typer.main.get_command(app)):
+        names = {o for p in cmd.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])}
+        if {"--dataset", "--epochs"} <= names and (lost := promised - names):
+            missing.append(f"geomlab {' '.join(path)}: {sorted(lost)}")
+    assert not missing, "commands that train without the README's dataset options:\n" + "\n".join(missing)
