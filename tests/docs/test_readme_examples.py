@@ -53,8 +53,8 @@ REWRITE = [
     (r"-P dataset=(?!digits\b)\S+", "-P dataset=digits"),
     (r" --data-path \S+", ""),
     # length: one epoch, a few trials, small grids, shallow nets
-    (r"^(geomlab depth-limit fit .*)--epochs \d+", r"\1--epochs 12"),   # 12 steps: enough points for curve-fit
-    (r"--epochs (?!12\b)\d+", "--epochs 1"),
+    (r"^(geomlab depth-limit fit .*)--epochs \d+", r"\1--epochs=20"),   # 20 steps: enough points for curve-fit
+    (r"--epochs \d+", "--epochs 1"),
     (r"-P epochs=\d+", "-P epochs=1"),
     (r"--n-trials \d+", "--n-trials 2"),
     (r"-P n_trials=\d+", "-P n_trials=2"),
@@ -64,7 +64,6 @@ REWRITE = [
     (r"--num-samples \d+", "--num-samples 200"),
     (r"--L (?!56\b)\d+", "--L 4"),
     (r"--dim \d+", "--dim 2"),
-    (r"--window-size \d+", "--window-size 0"),
     (r"\bepoch_\d{3}\.pt\b", "epoch_001.pt"),
     (r"mpiexec -n \d+", "mpiexec -n 2"),
     # a placeholder space file: the test writes it (see _space_file)
@@ -79,7 +78,7 @@ APPEND = {
     "geomlab cone-geometry distill": "--epochs 1",
     "geomlab hyperplane-bias train": "--dataset digits --epochs 1 --lr 0.01",
     "geomlab hyperplane-bias reinit": "--max-test 50",
-    "geomlab depth-limit fit": "--epochs 12 --num-samples 200",
+    "geomlab depth-limit fit": "--epochs=20 --num-samples 200",
     "geomlab depth-limit resnet-cifar10": "--dataset digits --epochs 1 --train-fraction 0.05",
     "geomlab depth-limit landscape render": "--steps 5 --cell-size 5",
     "geomlab feature-amounts train": "--dataset digits --epochs 1 --width-multiplier 0.02 --patch-size 16 "
@@ -149,8 +148,8 @@ def skip_reason(ex: Example) -> str | None:
 
 
 def _options(spec: str) -> list[tuple[str, str]]:
-    """'--a 1 --b -P c=2' -> [('--a', '--a 1'), ('--b', '--b'), ('-P c=', '-P c=2')]."""
-    return [(o.split("=")[0] + "=" if o.startswith("-P") else o.split()[0], o)
+    """'--a 1 --b --c=3 -P d=2' -> [('--a', '--a 1'), ('--b', '--b'), ('--c', '--c=3'), ('-P d=', '-P d=2')]."""
+    return [(o.split("=")[0] + "=" if o.startswith("-P") else o.split()[0].split("=")[0], o)
             for o in re.findall(r"-P \S+|--\S+(?: (?!-)\S+)?", spec)]
 
 
@@ -179,7 +178,7 @@ def unmapped(ex: Example) -> str | None:
             return f"placeholder {m.group(0)} is not in the test's ROLES table"
     if re.search(r"(^| )/data\b|\./data\b", t):
         return "reads files under a data folder the test does not have (add a rewrite)"
-    for pat, what in [(r"--epochs (?!1\b|12\b)", "epochs"), (r"--n-trials (?!2\b)", "trials")]:
+    for pat, what in [(r"--epochs (?!1\b)", "epochs"), (r"--n-trials (?!2\b)", "trials")]:
         if re.search(pat, t):
             return f"full-scale {what} left after the rewrite table"
     return None
@@ -202,10 +201,12 @@ def test_scale_down_table():
     assert scale_down("geomlab feature-amounts train --variant 0").startswith(
         "geomlab feature-amounts train --variant 0 --dataset digits --epochs 1")
     assert scale_down("geomlab depth-limit fit --dataset sin --L 100 --epochs 200") == \
-        "geomlab depth-limit fit --dataset sin --L 4 --epochs 12 --num-samples 200"
+        "geomlab depth-limit fit --dataset sin --L 4 --epochs=20 --num-samples 200"
     assert scale_down("geomlab depth-limit landscape render 0123 --steps 51") == \
         "geomlab depth-limit landscape render 0123 --steps 5 --cell-size 5"
     assert scale_down("geomlab sweep --help") == "geomlab sweep --help"
+    assert scale_down("geomlab cone-geometry distill --epochs 20") == "geomlab cone-geometry distill --epochs 1"
+    assert scale_down("geomlab depth-limit fit --dataset sin").endswith("--epochs=20 --num-samples 200")
     assert unmapped(Example("R", 1, "geomlab x --run <frobnicated run id>"))
     assert unmapped(Example("R", 1, "frobnicate --now"))
 
