@@ -89,6 +89,7 @@ APPEND = {
                                         "--split-cache '' --storage sqlite:///{tmp}/optuna-fa.db",
     "geomlab sweep": "--storage sqlite:///{tmp}/optuna.db",
     "mlflow run": "-P out_dir={tmp}/mlflow-run-out",
+    "mlflow run . -e train": "-P epochs=1",
     "mlflow run . -e sweep": "-P storage=sqlite:///{tmp}/optuna-mlflow.db",
 }
 # placeholders: `<role run id>` is the newest run of the same project whose entry point is the role's
