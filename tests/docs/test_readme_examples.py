@@ -298,6 +298,7 @@ class Session:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # one README's examples in sequence: minutes when the 2 cores are shared
 @pytest.mark.parametrize("readme", READMES)
 def test_readme_examples_run(readme, mlflow_store, tmp_path):
     """Run every mapped example of one README in order; each must exit 0."""
