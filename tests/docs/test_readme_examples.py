@@ -88,8 +88,11 @@ APPEND = {
     "geomlab feature-amounts optimize": "--dataset digits --epochs 1 --width-multiplier 0.02 --patch-size 16 "
                                         "--split-cache '' --storage sqlite:///{tmp}/optuna-fa.db",
     "geomlab sweep": "--storage sqlite:///{tmp}/optuna.db",
-    "mlflow run": "-P out_dir={tmp}/mlflow-run-out",
-    "mlflow run . -e train": "-P epochs=1",
+    # undeclared -P parameters reach the command as --<name> <value>: out-dir keeps outputs out of the checkout
+    # (`geomlab sweep` has no --out-dir; it writes outputs/sweeps/<study>/, ignored by git)
+    "mlflow run projects/": "-P out-dir={tmp}/mlflow-run-out",
+    "mlflow run . -e train": "-P epochs=1 -P out-dir={tmp}/mlflow-run-out",
+    "mlflow run . -e demo": "-P out-dir={tmp}/mlflow-run-out",
     "mlflow run . -e sweep": "-P storage=sqlite:///{tmp}/optuna-mlflow.db",
 }
 # placeholders: `<role run id>` is the newest run of the same project whose entry point is the role's
@@ -158,7 +161,8 @@ def scale_down(text: str) -> str:
     for pat, rep in REWRITE:
         text = re.sub(pat, rep, text)
     for prefix in sorted(APPEND, key=len):
-        if (text == prefix or text.startswith(prefix + " ")) and " --help" not in text:
+        if (text == prefix or text.startswith(prefix if prefix.endswith("/") else prefix + " ")) \
+                and " --help" not in text:
             for name, opt in _options(APPEND[prefix]):
                 if not re.search(rf"(^| ){re.escape(name)}( |=|$)" if not name.endswith("=") else re.escape(name),
                                  text):
@@ -206,6 +210,7 @@ def test_scale_down_table():
     assert scale_down("geomlab depth-limit landscape render 0123 --steps 51") == \
         "geomlab depth-limit landscape render 0123 --steps 5 --cell-size 5"
     assert scale_down("geomlab sweep --help") == "geomlab sweep --help"
+    assert scale_down("mlflow run projects/x -e y").endswith(" -P out-dir={tmp}/mlflow-run-out")
     assert scale_down("geomlab cone-geometry distill --epochs 20") == "geomlab cone-geometry distill --epochs 1"
     assert scale_down("geomlab depth-limit fit --dataset sin").endswith("--epochs=20 --num-samples 200")
     assert unmapped(Example("R", 1, "geomlab x --run <frobnicated run id>"))
