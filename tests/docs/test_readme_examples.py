@@ -65,6 +65,11 @@ REWRITE = [
     (r"--L (?!56\b)\d+", "--L 4"),
     (r"--dim \d+", "--dim 2"),
     (r"\bepoch_\d{3}\.pt\b", "epoch_001.pt"),
+    # studies: the smoke preset (embedded digits), two depths, one seed
+    (r"--scale (cpu|paper)\b", "--scale smoke"),
+    (r"-P scale=\w+", "-P scale=smoke"),
+    (r"--depths \S+", "--depths 8,32"),
+    (r"--seeds \S+", "--seeds 1"),
     (r"mpiexec -n \d+", "mpiexec -n 2"),
     # a placeholder space file: the test writes it (see _space_file)
     (r"--space my_space\.yaml", "--space {space}"),
@@ -89,8 +94,7 @@ APPEND = {
                                         "--split-cache '' --storage sqlite:///{tmp}/optuna-fa.db",
     "geomlab sweep": "--storage sqlite:///{tmp}/optuna.db",
     # undeclared -P parameters reach the command as --<name> <value>: out-dir keeps outputs out of the checkout
-    # (`geomlab sweep` has no --out-dir; it writes outputs/sweeps/<study>/, ignored by git)
-    "mlflow run projects/": "-P out-dir={tmp}/mlflow-run-out",
+    # (commands without --out-dir, e.g. sweeps and studies, write under outputs/ of the folder, ignored by git)
     "mlflow run . -e train": "-P epochs=1 -P out-dir={tmp}/mlflow-run-out",
     "mlflow run . -e demo": "-P out-dir={tmp}/mlflow-run-out",
     "mlflow run . -e sweep": "-P storage=sqlite:///{tmp}/optuna-mlflow.db",
@@ -183,7 +187,8 @@ def unmapped(ex: Example) -> str | None:
             return f"placeholder {m.group(0)} is not in the test's ROLES table"
     if re.search(r"(^| )/data\b|\./data\b", t):
         return "reads files under a data folder the test does not have (add a rewrite)"
-    for pat, what in [(r"--epochs (?!1\b)", "epochs"), (r"--n-trials (?!2\b)", "trials")]:
+    for pat, what in [(r"--epochs (?!1\b)", "epochs"), (r"--n-trials (?!2\b)", "trials"),
+                      (r"--scale (?!smoke\b)", "study preset")]:
         if re.search(pat, t):
             return f"full-scale {what} left after the rewrite table"
     return None
@@ -210,7 +215,7 @@ def test_scale_down_table():
     assert scale_down("geomlab depth-limit landscape render 0123 --steps 51") == \
         "geomlab depth-limit landscape render 0123 --steps 5 --cell-size 5"
     assert scale_down("geomlab sweep --help") == "geomlab sweep --help"
-    assert scale_down("mlflow run projects/x -e y").endswith(" -P out-dir={tmp}/mlflow-run-out")
+    assert scale_down("mlflow run . -e train -P arch=mlp").endswith(" -P epochs=1 -P out-dir={tmp}/mlflow-run-out")
     assert scale_down("geomlab cone-geometry distill --epochs 20") == "geomlab cone-geometry distill --epochs 1"
     assert scale_down("geomlab depth-limit fit --dataset sin").endswith("--epochs=20 --num-samples 200")
     assert unmapped(Example("R", 1, "geomlab x --run <frobnicated run id>"))
