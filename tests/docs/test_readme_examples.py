@@ -34,11 +34,12 @@ SKIP = {
     "mlflow server": "starts a long-running server (PostgreSQL backend of a cluster)",
     "sudo ": "system administration (package install, database creation)",
     "curl ": "talks to a remote tracking server",
-    "export MLFLOW_TRACKING_URI=http": "points at a remote tracking server",
+    "export MLFLOW_": "configures a remote tracking server or its credentials (cluster recipe)",
     "cat > hostfile": "writes a hostfile for a multi-host MPI job",
     ".venv/bin/mpiexec -f hostfile": "needs a real multi-host cluster",
-    "geomlab sweep cone_geometry train --space projects/cone_geometry/spaces/teacher.yaml --n-trials 200 --study "
-    "teachers-2026 --storage postgresql": "needs the cluster's PostgreSQL storage",
+    "export GEOMLAB_OPTUNA_STORAGE=postgresql": "points at the cluster's PostgreSQL storage",
+    "geomlab sweep cone_geometry train --space projects/cone_geometry/spaces/teacher.yaml --n-trials 200": "the "
+    "cluster recipe's worker (its storage is the cluster's PostgreSQL; the same sweep runs above on one machine)",
     ".venv/bin/pytest": "runs (part of) this test suite itself",
     ".venv/bin/python benchmarks/": "benchmarks take minutes (benchmarks/ has its own smoke tests)",
     "CUDA_VISIBLE_DEVICES=": "needs several GPUs",
