@@ -237,9 +237,30 @@ class Session:
                     "GEOMLAB_NO_PROGRESS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             self.env.pop(var, None)
+        (tmp / "projects").symlink_to(ROOT / "projects")  # relative paths in examples (spaces) resolve from tmp
         self.space = tmp / "space.yaml"
         self.space.write_text("params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
                               "fixed:\n  dataset: digits\n  epochs: 1\n  split: 0.1\n  arch: lenet_small\n")
+
+    def scaled_space(self, rel: str, command: str = "") -> str:
+        """A copy of a space file whose fixed options follow the tables (digits, one epoch, the swept command's
+        APPEND options where the space does not set them)."""
+        import yaml
+
+        doc = yaml.safe_load((ROOT / rel).read_text())
+        fixed = doc.setdefault("fixed", {})
+        if fixed.get("dataset") not in (None, "digits", "sin", "constant"):
+            fixed["dataset"] = "digits"
+        fixed.pop("data_path", None)
+        for name, opt in _options(APPEND.get(command, "")):
+            key = name.lstrip("-").replace("-", "_")
+            if key not in fixed and key not in doc.get("params", {}) and key != "split_cache":
+                fixed[key] = yaml.safe_load(opt.split(" ", 1)[1]) if " " in opt else True
+        if "epochs" in fixed:
+            fixed["epochs"] = 1
+        out = self.tmp / ("scaled-" + rel.replace("/", "-"))
+        out.write_text(yaml.safe_dump(doc))
+        return str(out)
 
     def runs(self, project: str, entry_point: str) -> list[str]:
         exps = [e.experiment_id for e in self.client.search_experiments()]
@@ -264,6 +285,10 @@ class Session:
             return ids[min(k, len(ids) - 1)]
 
         text = PLACEHOLDER.sub(one, text)
+        sw = re.match(r"geomlab sweep (\w+) ([\w-]+)", text)
+        command = f"geomlab {sw.group(1).replace('_', '-')} {sw.group(2)}" if sw else ""
+        text = re.sub(r"(--space |-P space=)(projects/\S+\.yaml)",
+                      lambda m: m.group(1) + self.scaled_space(m.group(2), command), text)
         return re.sub(r"(^| )\.\.\.(?= |$)", " ", text).replace("{space}", str(self.space)) \
             .replace("{tmp}", str(self.tmp))
 
@@ -302,8 +327,6 @@ class Session:
                 argv[i] = str(ROOT / a)
         # `mlflow run <folder>` resolves the folder from the working directory: run those from the repository root
         cwd = ROOT if "mlflow" in Path(argv[0]).name and argv[1:2] == ["run"] else self.tmp
-        if cwd == self.tmp and not (self.tmp / "projects").exists():
-            (self.tmp / "projects").symlink_to(ROOT / "projects")
         p = subprocess.run(argv, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=600)
         return cmd, p.returncode, (p.stdout + p.stderr)[-1500:]
 
