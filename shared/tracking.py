@@ -692,8 +692,12 @@ class Tracker:
             return
         import mlflow
 
+        import warnings
+
         try:
-            items = data_inputs(data)
+            with warnings.catch_warnings():  # MLflow warns that a local source "can be interpreted in multiple ways"
+                warnings.simplefilter("ignore", UserWarning)
+                items = data_inputs(data)
             retry_busy(lambda: mlflow.log_inputs(datasets=[d for d, _, _ in items], contexts=[c for _, c, _ in items],
                               tags_list=[t for _, _, t in items]))
         except Exception as e:  # noqa: BLE001
