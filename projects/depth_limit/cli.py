@@ -234,6 +234,10 @@ def paths_norm_cmd(
 
     res = paths_run("norm", sources, beta=beta, p=p_var, pvar_only=pvar_only, ci=ci, z=z, entries=None, ext=ext,
                     out_dir=out_dir, run_name=run_name, echo=_echo)
+    _report_paths(res)
+
+
+def _report_paths(res: dict) -> None:
     for f in res["figures"]:
         typer.echo(f"figure: {f}")
     typer.echo(f"depths {res['depths']}; run {res['run_id']}")
@@ -254,9 +258,7 @@ def paths_weights_cmd(
 
     res = paths_run("weights", sources, beta=beta, p=1.0, pvar_only=False, ci=False, z=1.96, entries=entries, ext=ext,
                     out_dir=out_dir, run_name=run_name, echo=_echo)
-    for f in res["figures"]:
-        typer.echo(f"figure: {f}")
-    typer.echo(f"depths {res['depths']}; run {res['run_id']}")
+    _report_paths(res)
 
 
 # -- curve-fit ---------------------------------------------------------------------------------------------------
