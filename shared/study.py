@@ -59,9 +59,19 @@ def _echo(msg: str) -> None:
 # Settings: a dataclass per study, one preset per scale, every field an option of the `study` command
 
 
-def setting(default: Any = None, help: str = "") -> Any:
-    """A study setting (a dataclass field with its help text)."""
-    return field(default=default, metadata={"help": help})
+def setting(default: Any = None, help: str = "", like: Any = None) -> Any:
+    """A study setting (a dataclass field). A setting that *is* an option of a project command (the study passes it
+    on unchanged) names that command in ``like`` (``"train"``, ``["paths", "norm"]``, or a
+    :class:`shared.options.Opt`): the study then takes that option's declaration -- the same name, help text, type
+    and hidden old names (one name, one meaning). Any other setting is the study's own and has its ``help``."""
+    return field(default=default, metadata={"help": help, "like": like})
+
+
+#: the help of every study's --seeds (one name, one meaning)
+SEEDS_HELP = ("Seeds of the study's independent repetitions (comma-separated): each seed makes one full set of the "
+              "study's runs (the command's description says which).")
+SCALE_HELP = ("Preset: smoke (embedded digits, under a minute), cpu (Fashion-MNIST, at most 25 min on 2 cores) or "
+              "paper (the paper's own settings, for a GPU); the table below gives every preset's values.")
 
 
 def _parse_value(kind: type, text: Any, name: str) -> Any:
@@ -114,32 +124,76 @@ def resolve_settings(presets: dict[str, Any], scale: str, overrides: dict[str, A
     return out
 
 
+def _declared(app: typer.Typer, like: Any, name: str):
+    """The ``Annotated`` type of option ``name`` as ``like`` (a command of ``app``, or an Opt) declares it."""
+    from shared.options import Opt
+
+    if isinstance(like, Opt):
+        return like.annotated
+    *groups, last = [like] if isinstance(like, str) else list(like)
+    node = app
+    for g in groups:
+        node = next(i.typer_instance for i in node.registered_groups if i.name == g)
+    info = next(c for c in node.registered_commands if (c.name or c.callback.__name__.replace("_", "-")) == last)
+    param = inspect.signature(info.callback, eval_str=True).parameters.get(name)
+    assert param is not None, f"study setting {name}: `{' '.join([*groups, last])}` has no option --{name}"
+    return param.annotation
+
+
+def _study_param(app: typer.Typer, f: dataclasses.Field, presets: dict[str, Any]) -> inspect.Parameter:
+    """The `study` option of setting ``f``: default None (the preset's value) unless every preset agrees on a
+    single value (then that value, shown by --help)."""
+    import copy
+    import typing
+
+    values = [getattr(p, f.name) for p in presets.values()]
+    agreed = values[0] if all(v == values[0] for v in values) and not isinstance(values[0], (tuple, list)) else None
+    like = f.metadata.get("like")
+    if like is None:
+        annotation = Annotated_[Optional[str], typer.Option(help=f.metadata.get("help", ""))]
+        default = None if agreed is None else _show(agreed)
+    else:
+        declared = _declared(app, like, f.name)
+        kind, *meta = typing.get_args(declared)
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        info = copy.copy(next(m for m in meta if isinstance(m, typer.models.OptionInfo)))
+        annotation = Annotated_[base if agreed is not None else Optional[base], info]
+        default = agreed
+    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+
+
+def presets_table(presets: dict[str, Any]) -> str:
+    """The presets' values, one line per setting (the `study` command's --help shows it)."""
+    first = next(iter(presets.values()))
+    names = ["--" + f.name.replace("_", "-") for f in fields(first)]
+    cols = [[_show(getattr(p, f.name)) for f in fields(first)] for p in presets.values()]
+    rows = [["option", *presets]] + [[n, *(c[i] for c in cols)] for i, n in enumerate(names)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def register_study(app: typer.Typer, project: str, presets: dict[str, Any], run: Callable[["Study"], None],
                    doc: str) -> None:
-    """Add ``study`` to a project's app: ``--scale`` plus one option per setting (default: the preset's)."""
+    """Add ``study`` to a project's app: ``--scale``, ``--run-name`` (of the parent run) and one option per setting
+    (left out: the preset's value; the presets are tabled in the command's help)."""
+    from shared import options as opt
+
     first = next(iter(presets.values()))
     params = [inspect.Parameter("scale", inspect.Parameter.KEYWORD_ONLY, default="smoke",
-                                annotation=Annotated_[str, typer.Option(help="Preset: smoke (embedded digits, under a "
-                                                                             "minute), cpu (Fashion-MNIST, at most 25 "
-                                                                             "min on 2 cores) or paper (the paper's "
-                                                                             "own settings, for a GPU).")])]
-    for f in fields(first):
-        shown = {s: getattr(p, f.name) for s, p in presets.items()}
-        shown_txt = ", ".join(f"{s}: {_show(v)}" for s, v in shown.items())
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                        annotation=Annotated_[Optional[str], typer.Option(
-                                            help=f"{f.metadata.get('help', '')} (presets: {shown_txt})")]))
+                                annotation=Annotated_[str, typer.Option(help=SCALE_HELP)])]
+    params += [_study_param(app, f, presets) for f in fields(first)]
+    params.append(inspect.Parameter("run_name", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=opt.RunName))
 
     def study_cmd(**kwargs) -> None:
-        scale = kwargs.pop("scale")
+        scale, run_name = kwargs.pop("scale"), kwargs.pop("run_name")
         settings = resolve_settings(presets, scale, kwargs)
-        Study(project, scale, settings).execute(run)
+        Study(project, scale, settings, run_name=run_name).execute(run)
 
     study_cmd.__signature__ = inspect.Signature(params)
     study_cmd.__annotations__ = {p.name: p.annotation for p in params}
     study_cmd.__doc__ = doc
-    app.command("study")(study_cmd)
-
+    epilog = ("\b\nAn option left out takes the value of the --scale preset:\n" + presets_table(presets))
+    app.command("study", epilog=epilog)(study_cmd)
 
 
 def _show(v: Any) -> str:
@@ -185,8 +239,9 @@ def resolve_cli(project: str, words: Sequence[str]):
 class Study:
     """One study: its parent run, its children (run or reused), its report."""
 
-    def __init__(self, project: str, scale: str, settings: Any):
+    def __init__(self, project: str, scale: str, settings: Any, run_name: str | None = None):
         self.project, self.scale, self.settings = project, scale, settings
+        self.run_name = run_name  # not part of the key: a name does not change a study
         self.key = _hash({"project": project, "settings": dataclasses.asdict(settings)})
         self.children: list[ChildRun] = []
         self.parent_id: str | None = None
@@ -236,8 +291,10 @@ class Study:
             os.environ.pop("MLFLOW_RUN_ID", None)
         settings = dataclasses.asdict(self.settings)
         tracker = Tracker(reopen=existing)
+        name = self.run_name or (self.client.get_run(existing).info.run_name if existing
+                                 else f"study-{self.project}-{self.scale}")  # continued: the name stays
         t0 = time.perf_counter()
-        with tracker.start(self.project, "study", run_name=f"study-{self.project}-{self.scale}",
+        with tracker.start(self.project, "study", run_name=name,
                            params={"study.scale": self.scale, **{f"study.{k}": _show(v) for k, v in settings.items()}},
                            tags={"study_key": self.key, "study_scale": self.scale}) as t:
             self.parent_id, self.experiment_id = t.run_id, t.experiment_id
@@ -288,7 +345,7 @@ class Study:
     def child(self, name: str, command: str | Sequence[str], values: dict[str, Any], *,
               resumable: bool = False, project: str | None = None) -> ChildRun:
         """Run ``geomlab <project> <command> --<option> <value> ...`` as a child, or reuse/resume it."""
-        import shared.sweep as sweep
+        from shared.sweep.command import command_args, params_by_name
         from shared.tracking import Tracker
 
         words = [command] if isinstance(command, str) else list(command)
@@ -313,9 +370,9 @@ class Study:
         call = dict(values)
         if resume:
             call["resume_from"] = resume
-        if "run_name" in sweep._params_by_name(cmd) and call.get("run_name") is None:
+        if "run_name" in params_by_name(cmd) and call.get("run_name") is None:
             call["run_name"] = f"study-{name}"
-        args = sweep.command_args(cmd, call)
+        args = command_args(cmd, call)
         _echo(f"{name}: {prog} {' '.join(args)}" + (" (resumed)" if resume else ""))
         old_tags = Tracker.default_tags
         Tracker.default_tags = {**old_tags, "study_key": self.key, "study_child": key}

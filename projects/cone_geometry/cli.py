@@ -132,8 +132,8 @@ def distill_cmd(
 def distill_all_cmd(
     teacher_run: Annotated[str, typer.Option(help="The teacher's training run (id or runs:/<id>) or a folder of "
                                                   "its snapshots.")],
-    teacher_epochs: Annotated[Optional[str], typer.Option(help="Only the snapshots of these teacher epochs, e.g. "
-                                                               "0,10,20 (default: all).")] = None,
+    teacher_epochs: Annotated[Optional[str], typer.Option(help="Teacher epochs whose snapshots are distilled, e.g. "
+                                                               "0,10,20 (distill-all without it: every one).")] = None,
     *,
     o: opt.Values,
     temperature: Temperature = 22.0,

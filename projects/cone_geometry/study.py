@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.errors import check
-from shared.study import Claim, Report, Study, fmt_spread, setting, spearman, verdict_by_p
+from shared.study import SEEDS_HELP, Claim, Report, Study, fmt_spread, setting, spearman, verdict_by_p
 
 SEED = "002_c8e1d96860136141.txt"
 QUOTE_VAR = "Low variance for higher blocks."
@@ -25,18 +25,18 @@ QUOTE_STABLE = "Distribution “stabilizes” during training."
 
 @dataclass(frozen=True)
 class Settings:
-    arch: str = setting("LeNet9", "Teacher architecture (LeNet9 or VGG9 in the poster).")
-    dataset: str = setting("digits", "Dataset (any of `geomlab datasets`).")
-    data_path: str = setting("./data", "Dataset folder.")
-    seeds: tuple = setting((0, 1), "Seeds of the independent teacher runs (comma-separated, at least 2).")
+    arch: str = setting("LeNet9", like="train")  # of the teachers (LeNet9 or VGG9 in the poster)
+    dataset: str = setting("digits", like="train")
+    data_path: str = setting("./data", like="train")
+    seeds: tuple = setting((0, 1), SEEDS_HELP)  # one teacher run each, at least 2
     teacher_epochs_total: int = setting(3, "Teacher training epochs (a snapshot after each).")
-    teacher_epochs: tuple = setting((0, 1, 2, 3), "Teacher epochs the students are distilled from (at least 2).")
+    teacher_epochs: tuple = setting((0, 1, 2, 3), like="distill-all")  # at least 2
     student_epochs: int = setting(1, "Distillation epochs of every student.")
-    optimizer: str = setting("adam", "Optimizer of teachers and students (sgd or adam).")
-    lr: float = setting(3e-3, "Learning rate of teachers and students.")
-    batch_size: int = setting(32, "Batch size.")
-    quick: bool = setting(False, "Skip the rotation in the nesting statistics (the original --quick).")
-    device: str = setting("auto", "auto, cpu or cuda.")
+    optimizer: str = setting("adam", like="train")  # of teachers and students, as lr and batch_size
+    lr: float = setting(3e-3, like="train")
+    batch_size: int = setting(32, like="train")
+    quick: bool = setting(False, like="nesting")
+    device: str = setting("auto", like="train")
 
     def validate(self) -> None:
         check(len(self.seeds) >= 2, "--seeds needs at least two runs (the variance is taken across runs)")

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from shared.errors import check
-from shared.study import Claim, Report, Study, fmt_spread, mean_ci, setting, verdict_by_interval
+from shared.study import SEEDS_HELP, Claim, Report, Study, fmt_spread, mean_ci, setting, verdict_by_interval
 
 SEED = "003_ebcfadec71355410.txt"
 QUOTE = ("being that if the trajectory becomes less and less regular, we should stop the learning procedure as it is "
@@ -27,19 +27,19 @@ SLOPE_BOUND = 0.1
 class Settings:
     regression: str = setting("sin", "Regression set (sin or constant; empty: none).")
     classification: str = setting("digits", "Image set (any of `geomlab datasets`; empty: none).")
-    data_path: str = setting("./data", "Dataset folder.")
+    data_path: str = setting("./data", like="fit")
     depths: tuple = setting((8, 32), "Depths L (comma-separated).")
     alphas: tuple = setting((0.5, 0.75), "Scaling exponents alpha (comma-separated, at least two).")
-    seeds: tuple = setting((1234,), "Seeds of the repetitions (comma-separated).")
-    epochs: int = setting(20, "Full-batch gradient steps (epochs) of every fit.")
-    dim: int = setting(2, "Hidden dimension of the regression fits.")
+    seeds: tuple = setting((1234,), SEEDS_HELP)  # one fit per (dataset, alpha, L) each
+    epochs: int = setting(20, like="fit")  # full-batch gradient steps of every fit
+    regression_dim: int = setting(2, "Hidden dimension of the regression fits.")
     class_dim: int = setting(10, "Hidden dimension of the classification fits (>= classes).")
-    num_samples: int = setting(2000, "Points of the regression set.")
-    train_fraction: float = setting(1.0, "Fraction of the image training set used (full batch).")
-    lr: float = setting(9.0, "Learning rate of the regression fits.")
+    num_samples: int = setting(2000, like="fit")
+    train_fraction: float = setting(1.0, like="fit")  # of the image training set (full batch)
+    regression_lr: float = setting(9.0, "Learning rate of the regression fits.")
     class_lr: float = setting(10.0, "Learning rate of the classification fits.")
-    p: float = setting(2.0, "p of the p-variation of the rescaled path.")
-    device: str = setting("auto", "auto, cpu or cuda.")
+    p_var: float = setting(2.0, like=["paths", "norm"])  # of the rescaled path
+    device: str = setting("auto", like="fit")
 
     def validate(self) -> None:
         check(len(self.alphas) >= 2, "--alphas needs at least two values to compare")
@@ -54,19 +54,19 @@ PRESETS = {
                     train_fraction=0.1),
     # the thesis' setting: MNIST (20% of the training set, its default) and sin, L up to 1024
     "paper": Settings(classification="mnist", depths=(8, 32, 128, 512, 1024), seeds=(1234, 1235, 1236, 1237, 1238),
-                      epochs=200, train_fraction=0.2, dim=10, class_dim=10),
+                      epochs=200, train_fraction=0.2, regression_dim=10, class_dim=10),
 }
 
 
 def _fit_values(s: Settings, dataset: str, L: int, alpha: float, seed: int) -> dict:
     regression = dataset == s.regression
     v = {"dataset": dataset, "data_path": s.data_path, "L": L, "alpha": alpha, "gamma": 1.0, "init": "ntrunc",
-         "dim": s.dim if regression else s.class_dim, "store_grad": True, "epochs": s.epochs, "seed": seed,
-         "lr": s.lr if regression else s.class_lr, "batch_size": 0, "device": s.device}
+         "dim": s.regression_dim if regression else s.class_dim, "store_grad": True, "epochs": s.epochs, "seed": seed,
+         "lr": s.regression_lr if regression else s.class_lr, "batch_size": 0, "device": s.device}
     if regression:
         v["num_samples"] = s.num_samples
     else:
-        v["training_data_percentage"] = s.train_fraction
+        v["train_fraction"] = s.train_fraction
     return v
 
 
@@ -99,7 +99,7 @@ def run(study: Study) -> None:
             beta = 1.0 - alpha
             paths = study.child(f"paths-{ds}-a{alpha:g}", ["paths", "norm"], {"sources": ids, "beta": beta, "ci": True})
             table = study.child(f"pvar-{ds}-a{alpha:g}", ["paths", "norm"],
-                                {"sources": ids, "beta": beta, "p_var": s.p, "pvar_only": True})
+                                {"sources": ids, "beta": beta, "p_var": s.p_var, "pvar_only": True})
             results[(ds, alpha)] = {"fits": fits, "rho": rho, "paths": paths.run_id, "table": table.run_id}
     study.publish(report(study, results))
 
@@ -125,7 +125,7 @@ def report(study: Study, results: dict) -> Report:
         m = mean_ci(slopes)[0]
         claims.append(Claim(
             f"bounded_pvar_{ds}_alpha{alpha:g}", QUOTE_TITLE, SEED,
-            f"{ds}, alpha = {alpha:g}: slope of log {s.p:g}-variation of k/L -> L^{1 - alpha:g} W_k against log L "
+            f"{ds}, alpha = {alpha:g}: slope of log {s.p_var:g}-variation of k/L -> L^{1 - alpha:g} W_k against log L "
             f"(L = {', '.join(map(str, Ls))}), one slope per seed", fmt_spread(slopes),
             f"regular (bounded) holds if the 95% t-interval of the slope lies below {SLOPE_BOUND} (p-variation grows slower "
             f"than L^{SLOPE_BOUND}), does not hold if it lies above, else inconclusive",
@@ -167,8 +167,8 @@ def report(study: Study, results: dict) -> Report:
                  + ("" if study.scale == "paper" else "Reduced from the thesis: far fewer gradient steps and seeds, "
                                                       "and depths only up to the largest L listed.")),
         claims=claims,
-        tables=[(f"{s.p:g}-variation of the rescaled path and the Omega(t) decay exponent rho per L",
-                 ["dataset", "alpha", "L", f"{s.p:g}-variation (over seeds)", "Omega fit rho (over seeds)"], rows)],
+        tables=[(f"{s.p_var:g}-variation of the rescaled path and the Omega(t) decay exponent rho per L",
+                 ["dataset", "alpha", "L", f"{s.p_var:g}-variation (over seeds)", "Omega fit rho (over seeds)"], rows)],
         figures=figures,
         captions={"pvar_vs_L": "p-variation of the rescaled weight path against L (mean and per seed), log-log"})
 
@@ -188,6 +188,6 @@ def _pvar_figure(study: Study, results: dict, s: Settings):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("L (residual blocks)")
-    ax.set_ylabel(f"{s.p:g}-variation of L^beta W")
+    ax.set_ylabel(f"{s.p_var:g}-variation of L^beta W")
     ax.legend(fontsize=7)
     return fig

@@ -170,7 +170,8 @@ def train_cmd(
     variant: Annotated[int, typer.Option(help="Index of the variant to train (see `variants`).")] = 0,
     mean: Annotated[Optional[float], typer.Option(help="Train the skew-normal (mean, scale, skew) given here "
                                                        "instead of a listed variant (all three needed).")] = None,
-    scale: Annotated[Optional[float], typer.Option(help="Skew-normal scale (the original's 'variance').")] = None,
+    scale: Annotated[Optional[float], typer.Option("--sn-scale", help="Skew-normal scale (the original's "
+                                                                      "'variance'); `scale` in a sweep space.")] = None,
     skew: Annotated[Optional[float], typer.Option(help="Skew-normal skew.")] = None,
     widths: Annotated[Optional[str], typer.Option(help="Train these widths (D - 1 comma-separated integers).")] = None,
     reference: Annotated[bool, typer.Option(help="Train the unmodified VGG-D (scaled by --width-multiplier).")] = False,
@@ -188,9 +189,9 @@ def train_cmd(
     dcfg, tcfg, opts = _configs(o)
     given = [mean is not None, scale is not None, skew is not None]
     check(sum([any(given), widths is not None, reference]) <= 1,
-          "choose one of --mean/--scale/--skew, --widths and --reference (or none, for --variant)")
+          "choose one of --mean/--sn-scale/--skew, --widths and --reference (or none, for --variant)")
     if any(given):
-        check(all(given), "--mean, --scale and --skew go together; give all three")
+        check(all(given), "--mean, --sn-scale and --skew go together; give all three")
         v = make_variant(mean, scale, skew, opts.vgg_depth, opts.patch_size, opts.width_multiplier)
         why = invalid_reason(v)
         if why is not None and not allow_invalid:  # a sweep records it as invalid and samples another point

@@ -22,20 +22,20 @@ QUOTE = ("shifting a constant amount of total features to different convolutiona
 
 @dataclass(frozen=True)
 class Settings:
-    dataset: str = setting("digits", "Dataset (any of `geomlab datasets`).")
-    data_path: str = setting("./data", "Dataset folder.")
+    dataset: str = setting("digits", like="train")
+    data_path: str = setting("./data", like="train")
     variants: int = setting(12, "Number of variants, spread over mean and skew (plus the reference).")
-    vgg_depth: int = setting(16, "VGG depth (16 = VGG-D).")
-    width_multiplier: float = setting(0.05, "Scale of the feature budget (1 = the paper's).")
-    patch_size: int = setting(16, "Images are resized to this size.")
-    epochs: int = setting(1, "Training epochs of every network.")
-    train_fraction: float = setting(0.5, "Fraction of the training set used.")
-    batch_size: int = setting(32, "Batch size.")
-    lr: float = setting(0.01, "Learning rate (SGDR).")
-    lr_wr_epochs: int = setting(10, "SGDR: epochs of the first cycle.")
-    seed: int = setting(0, "Seed of every network.")
+    vgg_depth: int = setting(16, like="train")  # every setting below: the same for every network
+    width_multiplier: float = setting(0.05, like="train")
+    patch_size: int = setting(16, like="train")
+    epochs: int = setting(1, like="train")
+    train_fraction: float = setting(0.5, like="train")
+    batch_size: int = setting(32, like="train")
+    lr: float = setting(0.01, like="train")
+    lr_wr_epochs: int = setting(10, like="train")
+    seed: int = setting(0, like="train")
     tolerance: float = setting(2.0, "Accuracy (percentage points) within which a variant counts as comparable.")
-    device: str = setting("auto", "auto, cpu or cuda.")
+    device: str = setting("auto", like="train")
 
     def validate(self) -> None:
         check(self.variants >= 2, f"--variants must be at least 2, got {self.variants}")
@@ -79,7 +79,7 @@ def run(study: Study) -> None:
     s: Settings = study.settings
     common = {"dataset": s.dataset, "data_path": s.data_path, "vgg_depth": s.vgg_depth, "patch_size": s.patch_size,
               "width_multiplier": s.width_multiplier, "epochs": s.epochs, "train_fraction": s.train_fraction,
-              "batch_size": s.batch_size, "learning_rate": s.lr, "lr_wr_epochs": s.lr_wr_epochs, "seed": s.seed,
+              "batch_size": s.batch_size, "lr": s.lr, "lr_wr_epochs": s.lr_wr_epochs, "seed": s.seed,
               "device": s.device}
     grid = choose_grid(generate_variants(s.vgg_depth, s.patch_size, s.width_multiplier), s.variants)
     records = []

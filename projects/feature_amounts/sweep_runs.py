@@ -45,7 +45,7 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
     Finished variants (``fa.complete`` with the same ``fa.train_key``) are skipped and their rows reused; an
     interrupted one is continued in its own run from its newest snapshot; the parent run is re-opened.
     """
-    check(len(targets) > 0, "the selection is empty; widen --start/--stop or the --mean/--scale/--skew filters")
+    check(len(targets) > 0, "the selection is empty; widen --start/--stop or the --means/--scales/--skews filters")
     opts.validate()
     configure_tracking()
     tkey = train_key(data_cfg, train_cfg, opts)

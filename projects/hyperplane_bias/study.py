@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.study import (Claim, Report, Study, fmt_spread, mean_ci, setting, spearman, verdict_by_interval,
+from shared.study import (SEEDS_HELP, Claim, Report, Study, fmt_spread, mean_ci, setting, spearman, verdict_by_interval,
                           verdict_by_p)
 from shared.errors import check
 
@@ -29,20 +29,20 @@ CONDITIONS = ("clean", "noise", "shuffle")
 
 @dataclass(frozen=True)
 class Settings:
-    arch: str = setting("lenet", "Architecture (hyperplane-bias train --arch).")
-    dataset: str = setting("digits", "Dataset (any of `geomlab datasets`).")
-    data_path: str = setting("./data", "Dataset folder.")
-    seeds: tuple = setting((0, 1), "Seeds: one clean run and one run per control each (comma-separated).")
-    epochs: int = setting(3, "Training epochs of every run.")
-    batch_size: int = setting(64, "Training batch size.")
-    lr: float = setting(0.01, "Learning rate (SGD, momentum 0.9).")
-    noise: float = setting(0.5, "Label-noise ratio of the noise control.")
-    max_test: int = setting(0, "Re-initialization evaluates the first N test inputs (0: all).")
-    device: str = setting("auto", "auto, cpu or cuda.")
+    arch: str = setting("lenet", like="train")  # every training setting: the same for every run
+    dataset: str = setting("digits", like="train")
+    data_path: str = setting("./data", like="train")
+    seeds: tuple = setting((0, 1), SEEDS_HELP)  # one clean run and one run per control each
+    epochs: int = setting(3, like="train")
+    batch_size: int = setting(64, like="train")
+    lr: float = setting(0.01, like="train")  # SGD, momentum 0.9
+    control_noise: float = setting(0.5, "Fraction of training labels corrupted in the label-noise control run.")
+    max_test: int = setting(0, like="reinit")
+    device: str = setting("auto", like="train")
 
     def validate(self) -> None:
         check(len(self.seeds) >= 1, "--seeds needs at least one seed")
-        check(0 < self.noise <= 1, f"--noise must be in (0, 1], got {self.noise}")
+        check(0 < self.control_noise <= 1, f"--control-noise must be in (0, 1], got {self.control_noise}")
 
 
 PRESETS = {
@@ -62,7 +62,7 @@ def run(study: Study) -> None:
     s: Settings = study.settings
     base = {"arch": s.arch, "dataset": s.dataset, "data_path": s.data_path, "epochs": s.epochs,
             "batch_size": s.batch_size, "lr": s.lr, "snapshot_every": 1, "device": s.device}
-    control = {"clean": {}, "noise": {"noise": s.noise}, "shuffle": {"noise": -1.0}}  # -1: pixel shuffle (seed 001)
+    control = {"clean": {}, "noise": {"noise": s.control_noise}, "shuffle": {"noise": -1.0}}  # -1: pixel shuffle (seed 001)
     bias = {c: {} for c in ("init",) + CONDITIONS}  # condition -> seed -> net bias
     proj_docs, reinit_ids, correlations = {}, {}, []
     for seed in s.seeds:
@@ -70,7 +70,7 @@ def run(study: Study) -> None:
         for cond in CONDITIONS:
             tr = runs[cond] = study.child(f"train-{cond}-seed{seed}", "train", {**base, **control[cond], "seed": seed},
                              resumable=True)
-            pr = study.child(f"projections-{cond}-seed{seed}", "projections", {"run": tr.run_id, "normalize": True})
+            pr = study.child(f"projections-{cond}-seed{seed}", "projections", {"run": tr.run_id, "cosine": True})
             names = [p for p in study.artifacts(pr.run_id, "projections") if p.endswith(".json")]
             docs = [study.load_json(pr.run_id, p) for p in names]
             bias[cond][seed] = _net_bias(docs[-1])
@@ -80,7 +80,7 @@ def run(study: Study) -> None:
         ri = study.child(f"reinit-seed{seed}", "reinit", {"run": runs["clean"].run_id, "rand": True, "max_test": s.max_test,
                                                           "device": s.device})
         reinit_ids[seed] = ri.run_id
-        co = study.child(f"correlate-seed{seed}", "correlate", {"reinit_results": ri.run_id, "normalize": True})
+        co = study.child(f"correlate-seed{seed}", "correlate", {"reinit_results": ri.run_id, "cosine": True})
         correlations.append(study.load_json(co.run_id, "correlate/correlate.json"))
     study.publish(report(study, bias, proj_docs, reinit_ids, correlations))
 
@@ -135,7 +135,7 @@ def report(study: Study, bias, proj_docs, reinit_ids, correlations) -> Report:
                "bias_vs_drop": plots.correlation_figure(correlations[0])}
     rep = Report(
         title=f"hyperplane_bias study: {s.arch} on {s.dataset}", project="hyperplane_bias", scale=study.scale,
-        summary=(f"{len(s.seeds)} seeds x 3 conditions (clean, label noise {s.noise}, pixel shuffle), {s.epochs} "
+        summary=(f"{len(s.seeds)} seeds x 3 conditions (clean, label noise {s.control_noise}, pixel shuffle), {s.epochs} "
                  f"epochs each with a snapshot every epoch; the untrained control is each clean run's epoch-0 "
                  f"snapshot. " + ("" if study.scale == "paper" else
                                   "Reduced from the paper: a small LeNet and few epochs instead of VGG/AlexNet for "

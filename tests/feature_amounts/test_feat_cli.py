@@ -37,7 +37,7 @@ def test_usage_errors(cli, mlflow_store):
     assert r.exit_code == 2 and "unknown --init" in r.stderr
     r = cli("feature-amounts", "train", *QUICK, "--mean", "3")
     assert r.exit_code == 2 and "go together" in r.stderr
-    r = cli("feature-amounts", "train", *QUICK, "--mean", "7", "--scale", "0.5", "--skew", "0")
+    r = cli("feature-amounts", "train", *QUICK, "--mean", "7", "--sn-scale", "0.5", "--skew", "0")
     assert r.exit_code == 2 and "--allow-invalid" in r.stderr
     r = cli("feature-amounts", "train", *QUICK, "--memory-limit", "lots")
     assert r.exit_code == 2 and "memory" in r.stderr
