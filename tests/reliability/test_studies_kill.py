@@ -15,7 +15,10 @@ import pytest
 from helpers import step_counter
 
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["hyperplane-bias", "study", "--scale", "smoke", "--seeds", "0", "--epochs", "4"]
+EPOCHS = 3
+# one seed, 3 epochs, the re-initialization on 100 test images: the cheapest study that still has a finished
+# child before the killed one and one after it
+ARGS = ["hyperplane-bias", "study", "--scale", "smoke", "--seeds", "0", "--epochs", str(EPOCHS), "--max-test", "100"]
 BATCHES = math.ceil(1437 / 64)  # digits training split, smoke batch size
 
 
@@ -75,12 +78,12 @@ def test_killed_study_resumes_without_training_twice(mlflow_store, cli, tmp_path
     k = int(noise["resumed_from"].rsplit("epoch_", 1)[1][:3])
     assert k >= 1
     # exactly the missing epochs were trained: the rest of the interrupted child, then the shuffle control
-    assert counter.steps == BATCHES * ((4 - k) + 4)
+    assert counter.steps == BATCHES * ((EPOCHS - k) + EPOCHS)
     assert client.get_run(killed_in).info.status == "KILLED"
     # no epoch logged twice over the interrupted run and its continuation, which holds every snapshot
     epochs = [m.step for rid in (killed_in, noise["run_id"])
               for m in client.get_metric_history(rid, "train_loss")]
-    assert len(epochs) == len(set(epochs)) and max(epochs) == 4
+    assert len(epochs) == len(set(epochs)) and max(epochs) == EPOCHS
     snaps = sorted(Path(a.path).name for a in client.list_artifacts(noise["run_id"], "snapshots"))
-    assert snaps == [f"epoch_{e:03d}.pt" for e in range(5)]
+    assert snaps == [f"epoch_{e:03d}.pt" for e in range(EPOCHS + 1)]
 
