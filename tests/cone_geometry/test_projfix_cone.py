@@ -81,4 +81,4 @@ def test_teacher_space_offers_only_architectures_with_nesting_statistics():
     assert archs
     for arch in archs:
         blocks = nesting.conv_blocks(build(f"Student_{arch}", 10, 1, 32), 32)
-        assert nesting.pair_tasks(blocks), arch
+        assert any(b.pairs for b in blocks), arch
