@@ -500,7 +500,7 @@ class Tracker:
                 prepare_store(uri=uri)
                 run = mlflow.start_run(run_id=attach, nested=mlflow.active_run() is not None,
                                        log_system_metrics=sysm)
-                if run_name or (not self.reopen and not run_id and _generated_name(run.info.run_name)):
+                if run_name or (not self.reopen and _generated_name(run.info.run_name)):
                     mlflow.MlflowClient().update_run(run.info.run_id, name=name)
             else:
                 env_name, env_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")

@@ -624,7 +624,11 @@ class Trainer:
                     cb.on_epoch_end(self, metrics)
                 self.history.append({"epoch": self.epoch, **metrics})
                 self.tracker.log_metrics(metrics, step=self.epoch)
-                self.tracker.flush()  # before the snapshot: a snapshot's epochs are always logged (kill -9 between)
+                try:  # before the snapshot: a snapshot's epochs are always logged (kill -9 between)
+                    self.tracker.flush()
+                except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the write: the epoch is done, keep it; the
+                    self.save_snapshot()   # buffered metrics are written when the run closes
+                    raise
                 if self.should_snapshot() or self._stop is not None:
                     self.save_snapshot()
                 desc = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train_loss", "val_acc", "test_acc"))

@@ -1,4 +1,3 @@
-import pytest
 """feature_amounts: a variant that runs out of memory even in micro-batches of 2 does not end the sweep; it is
 recorded as failed for memory, skipped by a re-run with the same memory setting and trained again when the setting
 changes (here --memory-limit).
@@ -46,7 +45,6 @@ def variant_runs(client):
     return client.search_runs(exps, "tags.`fa.role` = 'variant'", max_results=100)
 
 
-@pytest.mark.xfail(reason="known red after porting this fix into the split modules (issue 10); to fix next", strict=False)
 def test_oom_down_to_two_samples_fails_the_variant_not_the_sweep_and_a_new_limit_retries_it(mlflow_store, tmp_path,
                                                                                              cli):
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "OMP_NUM_THREADS": "1", "GEOMLAB_NO_PROGRESS": "1",
@@ -58,7 +56,7 @@ def test_oom_down_to_two_samples_fails_the_variant_not_the_sweep_and_a_new_limit
     assert res.returncode == 0, text[-3000:]
     assert "Traceback" not in text
     assert "1 trained, 0 already done, 0 resumed, 1 failed" in res.stdout
-    (line,) = [ln for ln in res.stdout.splitlines() if ln.startswith(f"[1/2] {V0}: failed")]
+    (line,) = [ln for ln in res.stderr.splitlines() if ln.startswith(f"[1/2] {V0}: failed")]  # progress: stderr
     assert "even with micro-batches of 2" in line and "--memory-limit" in line
     client = MlflowClient(mlflow_store)
     runs = {r.data.tags["fa.variant_id"]: r for r in variant_runs(client)}
@@ -78,7 +76,7 @@ def test_oom_down_to_two_samples_fails_the_variant_not_the_sweep_and_a_new_limit
     # a larger limit (without the injected failure): variant 0 is trained again, in a new run; variant 96 is kept
     more = cli(*ARGS, "--out-dir", str(out), "--memory-limit", "8GB")
     assert more.exit_code == 0, more.output
-    assert f"{V0}: ran out of memory before (limit=0|device=cpu|micro_batches=0); trying again" in more.stdout
+    assert f"{V0}: ran out of memory before (limit=0|device=cpu|micro_batches=0); trying again" in more.stderr
     assert "1 trained, 1 already done, 0 resumed, 0 failed" in more.stdout
     after = variant_runs(client)
     assert len(after) == 3

@@ -98,8 +98,6 @@ def test_project_commands_log_to_their_project_experiment(mlflow_store, cli):
     assert _exp_name(run) == "hyperplane_bias" and run.info.run_name.startswith("train-lenet-digits-s0-")
 
 
-@pytest.mark.xfail(reason="known red after merging the resume planning (issue 11.3) with the run hand-over of "
-                   "issue 12.2: `train` inside a run created by `mlflow run` exits 2; to fix next", strict=False)
 def test_run_handed_over_by_mlflow_run_gets_the_default_name(mlflow_store, cli, monkeypatch):
     # what `mlflow run` does: create the run (random name, experiment in MLFLOW_EXPERIMENT_ID), export its id
     client = MlflowClient()
