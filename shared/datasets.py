@@ -98,7 +98,7 @@ def _unpack_idx_gz(src: Path, cls_name: str) -> Path:
     for gz in src.glob("*-ubyte.gz"):
         dst = raw / gz.name[:-3]
         if not dst.exists():
-            tmp = dst.with_suffix(".tmp")
+            tmp = dst.with_suffix(f".{os.getpid()}.tmp")  # processes starting together on a fresh cache
             with gzip.open(gz, "rb") as fi, open(tmp, "wb") as fo:
                 shutil.copyfileobj(fi, fo)
             os.replace(tmp, dst)

@@ -26,3 +26,7 @@ class InvalidPoint(UsageError):
     """Options that are each valid but do not make a valid configuration together (e.g. a feature_amounts variant
     that the original's rules reject). A sweep records such a trial as invalid and samples another one: it does not
     count towards ``--n-trials`` nor as a failure."""
+
+    def __init__(self, message: str, violation: float = 1.0):
+        super().__init__(message)
+        self.violation = violation  # > 0: how far from a valid point (a sweep's constraint value for its sampler)

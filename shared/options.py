@@ -140,7 +140,7 @@ RUN = _O("run", Optional[str], "An MLflow run (id or runs:/<id>) whose logged sn
 FRESH = _O("fresh", bool, "Start over: ignore the finished work of an earlier run of the same command.", False)
 
 DATA = (DATASET, DATA_PATH, BATCH_SIZE, NOISE, NOISE_SEED, PIXEL_SHUFFLE, SUBSAMPLE_CLASSES, CLASS_SAMPLE_SEED, SPLIT,
-        STRATIFIED, SPLIT_SEED, AUGMENTATION, NORMALIZE, SHUFFLE, VERIFY_CHECKSUMS, DOWNLOAD)
+        STRATIFIED, SPLIT_SEED, TRAIN_FRACTION, AUGMENTATION, NORMALIZE, SHUFFLE, VERIFY_CHECKSUMS, DOWNLOAD)
 TRAIN = (EPOCHS, OPTIMIZER, LR, MOMENTUM, WEIGHT_DECAY, LR_STEP, LR_DECAY, SEED, SNAPSHOT_EVERY, SNAPSHOT_ALL_UNTIL,
          TRAIN_ACC, DEVICE, PRECISION, CHANNELS_LAST, RESUME_FROM, RESUME_OVERRIDE, FRESH, SYSTEM_METRICS)
 RUN_OUTPUT = (OUT_DIR, RUN_NAME)
@@ -239,4 +239,4 @@ def with_compute(cfg, values: dict):
 
 #: The data options a project's own data-config builder does not take; commands apply them on top of it.
 EXTRA_DATA = ("pixel_shuffle", "subsample_classes", "class_sample_seed", "split", "stratified", "split_seed",
-              "shuffle")
+              "train_fraction", "shuffle")

@@ -56,7 +56,7 @@ SynthC = Annotated[float, typer.Option("--c", help="sin/constant: the constant c
 EvalEvery = Annotated[int, typer.Option(help="Evaluate the test split every this many epochs (0: after the last).")]
 #: The data options of a training command beyond the ones its project's data builder takes (off by default). The
 #: builders seed --train-fraction with --seed (the thesis' code) and set their own shuffling.
-EXTRA_DATA = tuple(n for n in opt.EXTRA_DATA if n not in ("split_seed", "shuffle")) + ("noise", "noise_seed")
+EXTRA_DATA = tuple(n for n in opt.EXTRA_DATA if n not in ("split_seed", "shuffle", "train_fraction")) + ("noise", "noise_seed")
 DATA_EXTRA = tuple(o for o in opt.DATA if o.name in EXTRA_DATA)
 
 

@@ -184,7 +184,7 @@ def train_cmd(
 
     from .config import Target, parse_widths, reference_target, variant_list
     from .training import train_target
-    from .variants import invalid_reason, make_variant
+    from .variants import invalid_amount, invalid_reason, make_variant
 
     dcfg, tcfg, opts = _configs(o)
     given = [mean is not None, scale is not None, skew is not None]
@@ -196,7 +196,7 @@ def train_cmd(
         why = invalid_reason(v)
         if why is not None and not allow_invalid:  # a sweep records it as invalid and samples another point
             raise InvalidPoint(f"the original's rules reject this variant: {why}; pass --allow-invalid to train it "
-                               "anyway")
+                               "anyway", violation=invalid_amount(v))
         target = Target(f"m{mean:g}_s{scale:g}_a{skew:g}", v.widths, None, v.mean, v.scale, v.skew)
     elif widths is not None:
         target = parse_widths(widths, opts)

@@ -205,6 +205,18 @@ def invalid_reason(v: Variant, min_filters: int = MIN_LAYER_FILTERS, mass_tolera
     return None
 
 
+def invalid_amount(v: Variant, min_filters: int = MIN_LAYER_FILTERS, mass_tolerance: float = MASS_TOLERANCE) -> float:
+    """How far ``v`` is from the original's rules: 0 when it is valid, else > 0 and growing with the missing density
+    mass and the missing features of its narrowest layer (relative to what the rules need). A sweep's sampler uses
+    it as a constraint value, to move towards valid points."""
+    if invalid_reason(v, min_filters, mass_tolerance) is None:
+        return 0.0
+    need_mass = 1.0 - mass_tolerance
+    mass = max(0.0, need_mass - v.mass) / need_mass  # valid: mass > 1 - tol
+    narrow = max(0.0, (min_filters - 1) - min(v.bins) * v.budget) / max(min_filters - 1, 1)  # valid: ceil(x*B) >= min
+    return mass + narrow + 1e-3  # > 0 also exactly on the border
+
+
 def select_variants(variants: Sequence[Variant], start: int = 0, stop: int | None = None,
                     means: Iterable[float] | None = None, scales: Iterable[float] | None = None,
                     skews: Iterable[float] | None = None, ids: Iterable[int] | None = None) -> list[Variant]:

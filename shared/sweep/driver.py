@@ -27,7 +27,7 @@ from .trial import Heartbeat, Outcome, TrialReporter
 
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 #: Sampled points in a row that are not valid configurations of the command before the sweep gives up.
-MAX_INVALID_IN_A_ROW = 100
+MAX_INVALID_IN_A_ROW = 500  # the sampler learns the valid region from the constraint values of invalid points
 
 
 
@@ -342,7 +342,7 @@ class Sweep:
         except ClickException as e:
             out = Outcome("FAIL", error=f"`{t.prog}` rejected its options ({first_line(e)})", fatal=True)
         except InvalidPoint as e:  # before UsageError, of which it is a kind
-            out = Outcome("PRUNED", invalid=str(e))
+            out = Outcome("PRUNED", invalid=str(e), violation=e.violation)
         except UsageError as e:
             out = Outcome("FAIL", error=str(e))
         except Exception as e:  # a failed trial is recorded; the sweep goes on (up to --max-failures in a row)
@@ -386,6 +386,9 @@ class Sweep:
                 trial.set_user_attr("error", out.error[:2000])
             if out.invalid:
                 trial.set_user_attr("invalid", out.invalid[:2000])
+                # infeasible for TPE (optuna >= 5): it learns the valid region instead of sampling among the
+                # invalid points it has seen (a space mostly invalid otherwise ends in 100 invalid points in a row)
+                trial.set_constraint("invalid", max(float(out.violation), 1e-6))
             if out.traceback:
                 trial.set_user_attr("traceback", out.traceback)
             trial.set_user_attr("mlflow_run_ids", [r.info.run_id for r in runs])

@@ -81,6 +81,7 @@ class Outcome:
     error: str | None = None
     fatal: bool = False  # stop the sweep (configuration error)
     invalid: str | None = None  # not a valid point of the command (recorded as PRUNED, not counted in the budget)
+    violation: float = 1.0  # an invalid point's distance from validity: the trial's constraint for the sampler
     traceback: str | None = None  # of an unexpected exception
 
 
