@@ -211,14 +211,15 @@ class Study:
             call["run_name"] = f"study-{name}"
         args = command_args(cmd, call)
         _echo(f"{name}: {prog} {' '.join(args)}" + (" (resumed)" if resume else ""))
-        old_tags = Tracker.default_tags
+        old_tags, old_exp = Tracker.default_tags, Tracker.child_experiment_id
         Tracker.default_tags = {**old_tags, "study_key": self.key, "study_child": key}
+        Tracker.child_experiment_id = self.experiment_id  # the study's run tree in one experiment
         try:
             rv = cmd.main(args, prog_name=prog, standalone_mode=False)
         except SystemExit as e:
             rv = e.code
         finally:
-            Tracker.default_tags = old_tags
+            Tracker.default_tags, Tracker.child_experiment_id = old_tags, old_exp
         if rv == 130:
             raise KeyboardInterrupt
         if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:

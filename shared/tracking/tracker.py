@@ -32,6 +32,9 @@ class Tracker:
 
     # Tags added to every run this process opens (a sweep sets the trial number here).
     default_tags: dict = {}
+    # Open every run of the process in this experiment (a study's children stay in their parent's, also where
+    # `mlflow run` put the parent in an experiment of its own); None: the usual choice (see ``start``).
+    child_experiment_id: str | None = None
     # Sample system metrics (MLflow's own sampler: CPU, memory, disk, network, GPU when present) in every run of the
     # process (``--system-metrics``); None: MLflow's MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING decides.
     system_metrics: bool | None = None
@@ -67,8 +70,8 @@ class Tracker:
         attach = self.reopen or (os.environ.get("MLFLOW_RUN_ID") if parent_run_id is None
                                            and not mlflow.active_run() else None)
         # `mlflow run` hands its run over in MLFLOW_RUN_ID (with its experiment in MLFLOW_EXPERIMENT_ID): the first
-        # run opened here takes it; later runs of the same process must not re-open it, so both variables are
-        # consumed: runs nested in it stay in its experiment, later top-level runs go to their project's.
+        # run opened here takes it; later runs of the same process (and its children) must not re-open it, and go to
+        # their own project's experiment, so both variables are consumed.
         os.environ.pop("MLFLOW_RUN_ID", None)
         if from_mlflow_run:
             os.environ.pop("MLFLOW_EXPERIMENT_ID", None)
@@ -85,10 +88,9 @@ class Tracker:
                     mlflow.MlflowClient().update_run(run.info.run_id, name=name)
             else:
                 env_name, env_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
-                active = mlflow.active_run()
-                if active is not None and parent_run_id is None and not experiment:
-                    prepare_store(uri=uri)  # a nested run stays in its parent's experiment: one run tree in the UI
-                    eid = active.info.experiment_id  # (also when `mlflow run` put the parent in another one)
+                if Tracker.child_experiment_id and not experiment:
+                    prepare_store(uri=uri)
+                    eid = Tracker.child_experiment_id
                 elif experiment or env_name or not env_id:
                     eid = prepare_store(experiment or env_name or experiment_for(project), uri=uri)
                 else:

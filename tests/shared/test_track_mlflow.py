@@ -163,23 +163,3 @@ def test_default_run_name_parts():
     digest = hashlib.sha1(b"x").hexdigest()  # the suffix is a hash: 6 hex digits
     assert len(a.rsplit("-", 1)[1]) == 6 and digest
 
-
-def test_runs_nested_in_a_handed_over_run_stay_in_its_experiment(mlflow_store, monkeypatch):
-    # `mlflow run projects/x -e study` puts the parent in its own experiment; the children (opened while it is
-    # active, e.g. a study's trainings) must land there too, or the run tree is split over two experiments
-    from shared.tracking import Tracker
-
-    client = MlflowClient()
-    eid = client.create_experiment("chosen-by-mlflow-run")
-    created = client.create_run(eid)
-    monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
-    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", eid)
-    with Tracker().start("cone_geometry", "study") as parent:
-        with Tracker().start("cone_geometry", "train") as child:
-            pass
-    assert parent.run_id == created.info.run_id
-    run = client.get_run(child.run_id)
-    assert run.info.experiment_id == eid and run.data.tags["mlflow.parentRunId"] == parent.run_id
-    with Tracker().start("cone_geometry", "train") as later:  # a later top-level run: its project's experiment
-        pass
-    assert _exp_name(client.get_run(later.run_id)) == "cone_geometry"
