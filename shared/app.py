@@ -3,7 +3,8 @@
 Every command made through :func:`make_app` gets:
 
 - ``error: <message>`` on stderr and exit code 2 for :class:`~shared.errors.UsageError` (no traceback), exit code
-  130 for Ctrl-C;
+  130 for Ctrl-C; a bad command line (unknown option, bad value, missing argument) is one line too,
+  ``error: <click's message> (see 'geomlab <command> --help')``, without Rich panels (nor Rich's import time);
 - hidden aliases: the first long name of an option is the one shown in ``--help`` and seen by ``geomlab sweep``;
   further long names (old spellings such as ``--noisy`` for ``--noise``) are still accepted but not shown;
 - value aliases (:data:`shared.options.VALUE_ALIASES`, e.g. ``--cuda`` for ``--device cuda``), also hidden;
@@ -11,8 +12,10 @@ Every command made through :func:`make_app` gets:
 """
 from __future__ import annotations
 
+import sys
+
 import typer
-from typer._click.exceptions import BadOptionUsage, NoSuchOption
+from typer._click.exceptions import BadOptionUsage, ClickException, NoArgsIsHelpError, NoSuchOption
 from typer.core import TyperCommand, TyperGroup
 
 from shared.errors import UsageError
@@ -93,6 +96,21 @@ class GeomlabCommand(TyperCommand):
 
 
 class _Group(TyperGroup):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as e:  # `geomlab` alone: the help, as before
+            e.show()
+            sys.exit(e.exit_code)
+        except ClickException as e:  # the command line itself: one line, the way to the help
+            ctx = getattr(e, "ctx", None)
+            see = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{see}", err=True)
+            sys.exit(e.exit_code)
+        sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)  # typer.Exit(n) returns n here
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

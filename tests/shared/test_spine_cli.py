@@ -104,3 +104,17 @@ def test_console_script_exit_code_and_single_line(mlflow_store):
     p = subprocess.run([str(geomlab), "train", "--arch", "nope"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith("error: unknown architecture 'nope'")
+
+
+@pytest.mark.parametrize("args, message, see", [
+    (("cone-geometry", "train", "--no-such-option"), "No such option: --no-such-option", "cone-geometry train"),
+    (("train", "--epochs", "x"), "Invalid value for '--epochs'", "train"),
+    (("hyperplane-bias", "projections", "--run"), "Option '--run' requires an argument", None),
+])
+def test_a_bad_command_line_is_one_line_with_the_way_to_help(cli, args, message, see):
+    r = cli(*args)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"error: {message}"), lines
+    assert see is None or lines[0].endswith(f" {see} --help')"), lines  # (see 'geomlab ... --help')
+    assert "╭" not in r.output  # no Rich panel
