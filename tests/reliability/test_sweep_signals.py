@@ -33,7 +33,7 @@ def _cmd(tmp_path: Path, space: Path, n: int, *extra: str) -> list[str]:
 
 
 def _env(tmp_path: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GEOMLAB_NO_PROGRESS": "1",
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GEOMLAB_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "MLFLOW_DISABLE_TELEMETRY": "true"}
     for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(var, None)
@@ -102,7 +102,7 @@ def test_sigterm_marks_runs_killed_and_requeues_the_trial_at_once(tmp_path):
 
 
 def test_rerun_after_kill9_waits_for_the_stale_trial_and_finishes_the_budget(tmp_path):
-    space = _space(tmp_path, epochs=3)
+    space = _space(tmp_path, epochs=100)  # trial 1 must still run when the kill lands (an mlp epoch on digits: ms)
     proc, log = _start(tmp_path, _cmd(tmp_path, space, 2, "--heartbeat", "2"))
     _wait_for_trial_run(tmp_path, log, proc, 1)  # trial 0 done, trial 1 in the middle
     os.killpg(proc.pid, signal.SIGKILL)

@@ -29,6 +29,12 @@ def _env(tmp: Path, uri: str | None = None) -> dict:
     return env
 
 
+def _sigint_default() -> None:
+    """preexec_fn: a pytest-xdist worker ignores SIGINT, and an ignored signal stays ignored in the processes it
+    starts; the child gets the default back, as from a shell, so that Python turns Ctrl-C into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _geomlab(*args) -> list[str]:
     return [sys.executable, "-m", "shared.cli", *map(str, args)]
 
@@ -97,7 +103,8 @@ def _wait_for_epoch(db: Path, proc, timeout: float = 300) -> str:
 def test_signal_marks_the_run_killed(tmp_path, sig, code):
     db = tmp_path / "mlflow.db"
     p = subprocess.Popen(_geomlab(*TRAIN, "--epochs", "500", "--snapshot-every", "1", "--out-dir", tmp_path / "out"),
-                         cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=_sigint_default)
     run_id = _wait_for_epoch(db, p)
     p.send_signal(sig)
     _, err = p.communicate(timeout=120)
@@ -134,7 +141,7 @@ def test_interrupt_during_log_batch_loses_no_epoch(tmp_path):
     db = tmp_path / "mlflow.db"
     res = subprocess.run([sys.executable, "-c", INTERRUPT_IN_LOG_BATCH, *TRAIN, "--epochs", "50", "--snapshot-every",
                           "1", "--out-dir", str(tmp_path / "out")], cwd=tmp_path, env=_env(tmp_path),
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, preexec_fn=_sigint_default)
     assert res.returncode == 130, res.stderr[-3000:]
     ((run_id, status, _),) = _runs(db)
     assert status == "KILLED"
