@@ -226,7 +226,9 @@ class Study:
             raise UsageError(f"study child {name} (`{prog}`) exited with code {rv}; re-run the study to continue")
         after = self._child_runs(key)
         # the child's run: a new one, or the interrupted run itself when the resume continued it (shared.resume)
-        continued = resume.split("/")[1] if resume else None
+        from shared.tracking import parse_run_ref
+
+        continued = parse_run_ref(resume) if resume else None
         new_top = [r for r in after if r.data.tags.get("mlflow.parentRunId") == self.parent_id
                    and (r.info.run_id not in {x.info.run_id for x in top}
                         or (r.info.run_id == continued and r.info.status == "FINISHED"))]
