@@ -21,13 +21,16 @@ app = make_app("Cone geometry of rectifier CNNs (Gamba et al., ICCV-W 2019): tea
                "knowledge distillation, and the nesting statistics of their cones (exact rotation, MPI).")
 
 # -- options of this project (the shared ones come from shared.options) --------------------------------------------
-Temperature = Annotated[float, typer.Option(help="Distillation temperature T.")]
-KlWeight = Annotated[float, typer.Option("--kl-weight", "--alpha", help="Weight of the KL term (the CE term gets "
-                                         "1 - weight), in [0, 1] (the original's alpha).")]
-KlReduction = Annotated[str, typer.Option(help="KL reduction: mean over batch x classes (the original's "
-                                               "nn.KLDivLoss() default) or batchmean (the usual Hinton loss).")]
-Quick = Annotated[bool, typer.Option(help="Skip the rotation (reported as 0), as the original --quick.")]
-Nesting = Annotated[bool, typer.Option(help="Compute the nesting statistics of the student(s).")]
+#: Distillation options of `distill` and `distill-all` (one declaration; distill-all computes nesting by default).
+TEMPERATURE = opt.Opt("temperature", float, "Distillation temperature T.", 22.0)
+KL_WEIGHT = opt.Opt("kl_weight", float, "Weight of the KL term (the CE term gets 1 - weight), in [0, 1] (the "
+                    "original's alpha).", 0.7, ("--kl-weight", "--alpha"))
+KL_REDUCTION = opt.Opt("kl_reduction", str, "KL reduction: mean over batch x classes (the original's nn.KLDivLoss() "
+                       "default) or batchmean (the usual Hinton loss).", "mean")
+NESTING = opt.Opt("nesting", bool, "Compute the nesting statistics of the student(s).", False)
+QUICK = opt.Opt("quick", bool, "Skip the rotation (reported as 0), as the original --quick.", False)
+KD = (TEMPERATURE, KL_WEIGHT, KL_REDUCTION, NESTING, QUICK)
+Quick = QUICK.annotated
 ChunkElements = Annotated[int, typer.Option(help="Size of the nesting work arrays in float64 elements (memory "
                                                  "bound: about 6 such arrays per rank).")]
 Threads = Annotated[int, typer.Option(help="Torch threads of the nesting computation per process (1 is fastest; "
@@ -93,42 +96,37 @@ def train_cmd(
                fresh=o.fresh, resume_override=o.resume_override)
 
 
-def _distill_kwargs(o: dict, temperature: float, kl_weight: float, kl_reduction: str) -> dict:
+def _distill_kwargs(o: dict) -> dict:
     return dict(arch=o["arch"], data_options={**_data_options(o), "dataset": o["dataset"] or None},
-                train_cfg=_train_config(o), init=o["init"], temperature=temperature, alpha=kl_weight,
-                kl_reduction=kl_reduction, kill_plateaus=o["kill_plateaus"])
+                train_cfg=_train_config(o), init=o["init"], temperature=o["temperature"], alpha=o["kl_weight"],
+                kl_reduction=o["kl_reduction"], kill_plateaus=o["kill_plateaus"])
 
 
-DISTILL = dict(defaults={**DEFAULTS, "dataset": None}, exclude=NOT_IN_DISTILL)
+DISTILL_GROUPS = (opt.ARCH, opt.INIT, opt.KILL_PLATEAUS, opt.DATA, opt.TRAIN, opt.RUN_OUTPUT, KD)
+DISTILL_DEFAULTS = {**DEFAULTS, "dataset": None}
 
 
 @app.command("distill")
-@opt.options(opt.ARCH, opt.INIT, opt.KILL_PLATEAUS, opt.DATA, opt.TRAIN, opt.RUN_OUTPUT, **DISTILL)
+@opt.options(*DISTILL_GROUPS, defaults=DISTILL_DEFAULTS, exclude=NOT_IN_DISTILL)
 def distill_cmd(
     teacher: Annotated[str, typer.Option("--teacher", "--resume-from", help="Teacher snapshot: a path (also the "
                                          "original .tar/.pt files), an MLflow URI such as runs:/<id>/snapshots/"
                                          "epoch_030.pt, or a training run id (its last snapshot).")],
     *,
     o: opt.Values,
-    temperature: Temperature = 22.0,
-    kl_weight: KlWeight = 0.7,
-    kl_reduction: KlReduction = "mean",
-    nesting: Nesting = False,
-    quick: Quick = False,
 ) -> None:
     """Train Student_<teacher> by knowledge distillation from one teacher snapshot (--arch: teacher or Student_
     name; default: the snapshot's; --dataset: default the teacher's, cifar10 for original checkpoints)."""
     from .runner import distill, nesting_analysis
 
     _single_process("distill")
-    res = distill(teacher, out_dir=o.out_dir, run_name=o.run_name,
-                  **_distill_kwargs(o, temperature, kl_weight, kl_reduction))
-    if nesting:
-        nesting_analysis(res.student_source, quick=quick, out_dir=f"{o.out_dir}/nesting" if o.out_dir else None)
+    res = distill(teacher, out_dir=o.out_dir, run_name=o.run_name, **_distill_kwargs(o))
+    if o.nesting:
+        nesting_analysis(res.student_source, quick=o.quick, out_dir=f"{o.out_dir}/nesting" if o.out_dir else None)
 
 
 @app.command("distill-all")
-@opt.options(opt.ARCH, opt.INIT, opt.KILL_PLATEAUS, opt.DATA, opt.TRAIN, opt.RUN_OUTPUT, **DISTILL)
+@opt.options(*DISTILL_GROUPS, defaults={**DISTILL_DEFAULTS, "nesting": True}, exclude=NOT_IN_DISTILL)
 def distill_all_cmd(
     teacher_run: Annotated[str, typer.Option(help="The teacher's training run (id or runs:/<id>) or a folder of "
                                                   "its snapshots.")],
@@ -136,22 +134,16 @@ def distill_all_cmd(
                                                                "0,10,20 (distill-all without it: every one).")] = None,
     *,
     o: opt.Values,
-    temperature: Temperature = 22.0,
-    kl_weight: KlWeight = 0.7,
-    kl_reduction: KlReduction = "mean",
-    nesting: Nesting = True,
-    quick: Quick = False,
 ) -> None:
     """Distill one student from every snapshot of a teacher run (nested MLflow runs tagged with the teacher
     epoch), and by default compute each student's nesting statistics; then `plot <this run id>`."""
     from .runner import distill_all
 
     _single_process("distill-all")
-    parent, results, docs = distill_all(teacher_run, epochs=_epochs_list(teacher_epochs), nesting_too=nesting,
-                                        quick=quick, run_name=o.run_name, out_dir=o.out_dir,
-                                        **_distill_kwargs(o, temperature, kl_weight, kl_reduction))
+    parent, results, docs = distill_all(teacher_run, epochs=_epochs_list(teacher_epochs), nesting_too=o.nesting,
+                                        quick=o.quick, run_name=o.run_name, out_dir=o.out_dir, **_distill_kwargs(o))
     typer.echo(f"distill-all run {parent}: {len(results)} students"
-               + (f", {len(docs)} nesting JSON files" if nesting else "")
+               + (f", {len(docs)} nesting JSON files" if o.nesting else "")
                + f"; figures: geomlab cone-geometry plot {parent}")
 
 
