@@ -90,6 +90,16 @@ def test_cone_statistics_follow_the_documents():
     assert c_stab.verdict == HOLDS and c_stab.value < 0
 
 
+def test_cone_accuracy_table_shows_untrained_teachers_and_students_per_epoch():
+    from projects.cone_geometry.study import accuracy_rows
+
+    accs = {(0, 0): (None, 0.10), (1, 0): (None, 0.12), (0, 2): (0.85, 0.70), (1, 2): (0.87, 0.74)}
+    rows = accuracy_rows(accs, [0, 1], [0, 2])
+    assert rows[0] == ["0", "–", "0.110 ± 0.014"]  # no test accuracy of the epoch-0 (untrained) teacher
+    assert rows[1] == ["2", "0.860 ± 0.014", "0.720 ± 0.028"]
+    assert accuracy_rows({(0, 2): (0.85, 0.7)}, [0], [2]) == [["2", "0.850", "0.700"]]
+
+
 def test_depth_slope_and_feature_amounts_rule():
     from projects.depth_limit.study import log_log_slope
     from projects.feature_amounts.study import early_claim
