@@ -43,9 +43,10 @@ class Settings:
 
 PRESETS = {
     "smoke": Settings(),
-    # Fashion-MNIST: budget x0.1, 10% of the training set, 3 epochs, 16 px patches, 12 variants + the reference
-    "cpu": Settings(dataset="fashion_mnist", width_multiplier=0.1, epochs=3, train_fraction=0.1, batch_size=64,
-                    lr_wr_epochs=3),
+    # Fashion-MNIST: budget x0.1, half of the training set, 6 epochs (one SGDR cycle), 16 px patches, 12 variants +
+    # the reference (measured here: 3 epochs on 10% of the set take 2 minutes and leave most variants at chance)
+    "cpu": Settings(dataset="fashion_mnist", width_multiplier=0.1, epochs=6, train_fraction=0.5, batch_size=64,
+                    lr_wr_epochs=6),
     # the paper: CIFAR-10, the full budget, 150 epochs of SGDR, 32 px
     "paper": Settings(dataset="cifar10", variants=30, width_multiplier=1.0, patch_size=32, epochs=150,
                       train_fraction=1.0, batch_size=128, lr_wr_epochs=10),
