@@ -54,7 +54,8 @@ PRESETS = {
                     student_epochs=1, batch_size=128),
     # the poster: LeNet9 on CIFAR-10, 75 epochs of SGD, students from every 10th epoch, 30 distillation epochs
     "paper": Settings(dataset="cifar10", seeds=(0, 1, 2), teacher_epochs_total=75,
-                      teacher_epochs=(0, 10, 20, 30, 40, 50, 60, 70, 75), student_epochs=30, optimizer="sgd", lr=0.1, batch_size=100),
+                      teacher_epochs=(0, 10, 20, 30, 40, 50, 60, 70, 75), student_epochs=30, optimizer="sgd", lr=0.1,
+                      batch_size=100),
 }
 
 
