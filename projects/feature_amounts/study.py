@@ -127,7 +127,7 @@ def early_claim(records: list[dict], depth: int, tolerance: float, chance: float
                f"holds if the range exceeds {tolerance:g} pp (where the features go changes accuracy), else does not "
                f"hold; inconclusive when the median network is within {tolerance:g} pp of chance ({chance:.3g}%)",
                v2, spread)
-    rows = [[r.get("VariantId"), r.get("Mean"), r.get("Scale"), r.get("Skew"), r.get("Parameters"), r["BestVal"]]
+    rows = [[r.get("VariantId"), r.get("Mean"), r.get("Variance"), r.get("Skew"), r.get("Parameters"), r["BestVal"]]
             for r in sorted(records, key=lambda r: -float(r["BestVal"]))]
     return c1, c2, rows
 
@@ -150,7 +150,7 @@ def report(study: Study, records: list[dict], depth: int) -> Report:
                                                       "the training set and of the 150 epochs, one seed, and a "
                                                       "dozen of the ~200 variants.")),
         claims=[c1, c2], tables=[("Accuracy at the same budget (best first)",
-                                  ["variant", "mean", "scale", "skew", "parameters", "best top-1 %"], rows)],
+                                  ["variant", "mean", "scale (CSV: Variance)", "skew", "parameters", "best top-1 %"], rows)],
         figures={"mean_skew": figure_mean_skew(records, title), "accuracy_vs_parameters":
                  figure_parameters(records, title)},
         captions={"mean_skew": "best accuracy over (mean, skew) and against mean and skew",

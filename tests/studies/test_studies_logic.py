@@ -106,12 +106,13 @@ def test_depth_slope_and_feature_amounts_rule():
 
     assert log_log_slope([8, 32, 128], [1.0, 4.0, 16.0]) == pytest.approx(1.0)
     assert log_log_slope([8, 32, 128], [2.0, 2.0, 2.0]) == pytest.approx(0.0)
-    recs = [{"VariantId": "a", "Mean": 0.0, "BestVal": 89.0, "Parameters": 10},
+    recs = [{"VariantId": "a", "Mean": 0.0, "Variance": 4.0, "Skew": 24, "BestVal": 89.0, "Parameters": 10},
             {"VariantId": "b", "Mean": 14.0, "BestVal": 70.0, "Parameters": 10},
             {"VariantId": "ref", "Mean": None, "BestVal": 90.0, "Parameters": 12}]
     c1, c2, rows = early_claim(recs, 16, 2.0, 10.0)
     assert c1.verdict == HOLDS and c1.value == pytest.approx(-1.0)
     assert c2.verdict == HOLDS and "ranks 1 of 3" in c2.statistic
+    assert rows[1] == ["a", 0.0, 4.0, 24, 10, 89.0]  # the result record's columns (its scale is "Variance")
     recs[0]["BestVal"] = 80.0
     assert early_claim(recs, 16, 2.0, 10.0)[0].verdict == FAILS
     recs[2]["BestVal"] = 11.0  # a reference at chance level learned nothing: no verdict either way
