@@ -69,6 +69,7 @@ def run(study: Study) -> None:
                               {"arch": s.arch, "dataset": s.dataset, "data_path": s.data_path,
                                "epochs": s.teacher_epochs_total, "snapshot_every": 1, "seed": seed, **opt},
                               resumable=True)
+        teacher_acc = dict(study.metric_history(teacher.run_id, "test_acc"))  # step = epoch
         for e in s.teacher_epochs:
             st = study.child(f"student-seed{seed}-epoch{e}", "distill",
                              {"teacher": f"runs:/{teacher.run_id}/snapshots/epoch_{e:03d}.pt", "data_path": s.data_path,
@@ -77,7 +78,6 @@ def run(study: Study) -> None:
             path = next(p for p in study.artifacts(ne.run_id, "nesting") if p.endswith(".json"))
             doc = study.load_json(ne.run_id, path)
             docs[(seed, e)] = {**doc, "epoch": str(e)}
-            teacher_acc = dict(study.metric_history(teacher.run_id, "test_acc"))
             student_acc = study.metric_history(st.run_id, "test_acc")
             accs[(seed, e)] = (teacher_acc.get(e), student_acc[-1][1] if student_acc else None)
     study.publish(report(study, docs, accs))
@@ -152,7 +152,7 @@ def accuracy_rows(accs: dict, seeds, epochs) -> list[list[str]]:
             for e in epochs]
 
 
-def report(study: Study, docs: dict, accs: dict | None = None) -> Report:
+def report(study: Study, docs: dict, accs: dict) -> Report:
     from . import plots
     from .aggregate import aggregate_states, evolution
     from .nesting import STATE_NAMES
@@ -182,9 +182,9 @@ def report(study: Study, docs: dict, accs: dict | None = None) -> Report:
                                                       "epochs (75 and 30 there), on 28x28 images instead of "
                                                       "CIFAR-10.")),
         claims=cl,
-        tables=([("Test accuracy of the teachers and of their students (mean ± sd over runs; epoch 0: the untrained "
-                  "teacher)", ["teacher epoch", "teacher test_acc", "student test_acc"],
-                  accuracy_rows(accs, seeds, epochs))] if accs else []) + [
+        tables=[("Test accuracy of the teachers and of their students (mean ± sd over runs; epoch 0: the untrained "
+                 "teacher)", ["teacher epoch", "teacher test_acc", "student test_acc"],
+                 accuracy_rows(accs, seeds, epochs)),
                 ("Net-wise state fractions over teacher epochs (mean ± std over runs)",
                  ["teacher epoch"] + list(STATE_NAMES), rows),
                 ("Variance across runs per block (summed over states)",

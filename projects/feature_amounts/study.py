@@ -149,8 +149,9 @@ def report(study: Study, records: list[dict], depth: int) -> Report:
                  + ("" if study.scale == "paper" else "Reduced from the paper: a fraction of the feature budget, of "
                                                       "the training set and of the 150 epochs, one seed, and a "
                                                       "dozen of the ~200 variants.")),
-        claims=[c1, c2], tables=[("Accuracy at the same budget (best first)",
-                                  ["variant", "mean", "scale (CSV: Variance)", "skew", "parameters", "best top-1 %"], rows)],
+        claims=[c1, c2],
+        tables=[("Accuracy at the same budget (best first)",
+                 ["variant", "mean", "scale (CSV: Variance)", "skew", "parameters", "best top-1 %"], rows)],
         figures={"mean_skew": figure_mean_skew(records, title), "accuracy_vs_parameters":
                  figure_parameters(records, title)},
         captions={"mean_skew": "best accuracy over (mean, skew) and against mean and skew",
