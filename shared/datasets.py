@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.errors import UsageError
+from shared.files import atomic_write, cache_dir
 from shared.registry import Registry
 
 if TYPE_CHECKING:
@@ -86,13 +87,9 @@ def _mnist_like(cls_name: str, name: str, hint: str, system_dir: Path | None = N
     return load
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("GEOMLAB_CACHE", Path.home() / ".cache" / "geomlab"))
-
-
 def _unpack_idx_gz(src: Path, cls_name: str) -> Path:
     """Decompress a directory of ``*-idx?-ubyte.gz`` files into the layout torchvision reads (root/<Class>/raw)."""
-    root = _cache_dir() / "torchvision"
+    root = cache_dir() / "torchvision"
     raw = root / cls_name / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for gz in src.glob("*-ubyte.gz"):
@@ -135,6 +132,36 @@ def _cifar(cls_name: str, name: str, hint: str):
 
 
 def _load_digits(cfg: DataConfig):
+    tr, te = load_digits_split()
+    return tr, te, [str(i) for i in range(10)]
+
+
+def digits_cache_file() -> Path:
+    from importlib.metadata import version
+
+    return cache_dir() / f"digits-sklearn-{version('scikit-learn')}.pt"
+
+
+def load_digits_split() -> tuple[RawSplit, RawSplit]:
+    """scikit-learn's 8x8 digits, upsampled to 28x28 uint8, in a stratified 80/20 split (seed 0).
+
+    Importing scikit-learn costs a process about 2 s, so the split is computed once per scikit-learn version and
+    kept in the cache folder (a read of a few ms after that); a cache that cannot be read or written is ignored."""
+    cached = digits_cache_file()
+    try:
+        t = torch.load(cached, weights_only=True)
+        return RawSplit(t["x_tr"], t["y_tr"]), RawSplit(t["x_te"], t["y_te"])
+    except Exception:  # noqa: BLE001 - missing, unreadable or damaged: rebuilt below
+        pass
+    tr, te = _digits_split()
+    try:
+        atomic_write(cached, lambda tmp: torch.save({"x_tr": tr.x, "y_tr": tr.y, "x_te": te.x, "y_te": te.y}, tmp))
+    except OSError:
+        pass
+    return tr, te
+
+
+def _digits_split() -> tuple[RawSplit, RawSplit]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -144,7 +171,7 @@ def _load_digits(cfg: DataConfig):
     x = (x * 255).round_().to(torch.uint8)
     y = torch.from_numpy(d.target).long()
     i_tr, i_te = train_test_split(np.arange(len(y)), test_size=0.2, random_state=0, stratify=d.target)
-    return RawSplit(x[i_tr], y[i_tr]), RawSplit(x[i_te], y[i_te]), [str(i) for i in range(10)]
+    return RawSplit(x[i_tr], y[i_tr]), RawSplit(x[i_te], y[i_te])
 
 
 def sin_dataset(n: int, c: float, max_rounds: int = 10, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,6 +15,12 @@ from shared.errors import UsageError
 SNAPSHOT_FORMAT = "geomlab-snapshot/1"
 
 
+def cache_dir() -> Path:
+    """Where geomlab keeps what it can rebuild (decompressed datasets, the digits split, compiled kernels, the
+    feature_amounts split cache): ``$GEOMLAB_CACHE``, by default ``~/.cache/geomlab``."""
+    return Path(os.environ.get("GEOMLAB_CACHE", Path.home() / ".cache" / "geomlab"))
+
+
 def ensure_writable_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
     """Create ``path`` if needed and check that files can be written in it."""
     p = Path(path).expanduser()

@@ -3,6 +3,9 @@
 - ``mlflow_store``: a fresh, migrated SQLite MLflow store in ``tmp_path`` (copied from one built once per session,
   so each test skips the ~2 s of migrations), exported as MLFLOW_TRACKING_URI (subprocesses inherit it); the
   working directory is ``tmp_path`` so local artifacts and outputs land there. Yields the tracking URI.
+- ``warm_cache``: the digits split, built once per session, copied into ``tmp_path/cache`` (the GEOMLAB_CACHE of
+  ``mlflow_store`` and of the subprocess tests): a cold cache costs each process that loads digits the ~2 s
+  scikit-learn import (the cold path has its own test in tests/shared/test_spine_data.py).
 - ``cli``: run ``geomlab`` commands in-process: ``cli("cone-geometry", "train", "--epochs", "1")`` returns a
   typer Result (``.exit_code``, ``.stdout``, ``.stderr``).
 - ``write_mnist_like`` / ``write_cifar_like``: tiny datasets in the exact on-disk formats torchvision reads.
@@ -33,8 +36,33 @@ def _template_store(tmp_path_factory) -> Path:
     return db
 
 
+@pytest.fixture(scope="session")
+def _digits_cache(tmp_path_factory) -> Path:
+    from shared.datasets import digits_cache_file, load_digits_split
+
+    d = tmp_path_factory.mktemp("digits-cache")
+    old = os.environ.get("GEOMLAB_CACHE")
+    os.environ["GEOMLAB_CACHE"] = str(d)
+    try:
+        load_digits_split()
+        return digits_cache_file()
+    finally:
+        if old is None:
+            del os.environ["GEOMLAB_CACHE"]
+        else:
+            os.environ["GEOMLAB_CACHE"] = old
+
+
 @pytest.fixture
-def mlflow_store(_template_store, tmp_path, monkeypatch):
+def warm_cache(_digits_cache, tmp_path) -> Path:
+    d = tmp_path / "cache"
+    d.mkdir(exist_ok=True)
+    shutil.copy(_digits_cache, d / _digits_cache.name)
+    return d
+
+
+@pytest.fixture
+def mlflow_store(_template_store, warm_cache, tmp_path, monkeypatch):
     import mlflow
 
     db = tmp_path / "mlflow.db"
@@ -43,7 +71,7 @@ def mlflow_store(_template_store, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.setenv("GEOMLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GEOMLAB_CACHE", str(warm_cache))
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri(uri)
     yield uri

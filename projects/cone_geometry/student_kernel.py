@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from shared.errors import UsageError
+from shared.files import cache_dir
 
 ENV = "GEOMLAB_STUDENT_CONV"
 CHOICES = ("auto", "fused", "reference")
@@ -75,7 +76,7 @@ def _compiler() -> str | None:
 
 def cache_dirs() -> list[Path]:
     repo = Path(__file__).resolve().parents[2] / ".geomlab-cache" / "student_conv"
-    home = Path(os.environ.get("GEOMLAB_CACHE", Path.home() / ".cache" / "geomlab")) / "student_conv"
+    home = cache_dir() / "student_conv"
     return [repo, home]
 
 

@@ -6,15 +6,14 @@ import functools
 import hashlib
 import json
 import math
-import os
 import re
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 
 from shared.data import DataConfig
 from shared.errors import UsageError, check
+from shared.files import cache_dir
 from shared.train import TrainConfig
 
 from .models import INITS
@@ -28,7 +27,7 @@ SWEEP_CSV = "feature_amounts/sweep.csv"
 def default_split_cache() -> str:
     """``$GEOMLAB_CACHE/feature_amounts_splits.json`` (default ``~/.cache/geomlab/``): independent of the working
     folder, which ``mlflow run`` changes."""
-    return str(Path(os.environ.get("GEOMLAB_CACHE", Path.home() / ".cache" / "geomlab")) / "feature_amounts_splits.json")
+    return str(cache_dir() / "feature_amounts_splits.json")
 
 
 DEFAULT_SPLIT_CACHE = "default"

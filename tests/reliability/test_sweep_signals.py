@@ -102,7 +102,7 @@ def test_sigterm_marks_runs_killed_and_requeues_the_trial_at_once(tmp_path):
 
 
 def test_rerun_after_kill9_waits_for_the_stale_trial_and_finishes_the_budget(tmp_path):
-    space = _space(tmp_path, epochs=100)  # trial 1 must still run when the kill lands (an mlp epoch on digits: ms)
+    space = _space(tmp_path, epochs=40)  # trial 1 must still run when the kill lands (an mlp epoch: ~50 ms)
     proc, log = _start(tmp_path, _cmd(tmp_path, space, 2, "--heartbeat", "2"))
     _wait_for_trial_run(tmp_path, log, proc, 1)  # trial 0 done, trial 1 in the middle
     os.killpg(proc.pid, signal.SIGKILL)
@@ -147,14 +147,14 @@ def read_only(path: Path):
 
 
 @pytest.mark.parametrize("which", ["tracking", "optuna"])
-def test_read_only_store_is_a_one_line_error(tmp_path, which):
+def test_read_only_store_is_a_one_line_error(tmp_path, which, _template_store):
     store = tmp_path / "store"
     store.mkdir()
     space = _space(tmp_path, epochs=1)
     env = _env(tmp_path)
     if which == "tracking":  # an existing, migrated store in a folder that turned read-only
+        shutil.copy(_template_store, store / "mlflow.db")
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
-        MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
         storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     else:
         storage = f"sqlite:///{store / 'optuna.db'}"

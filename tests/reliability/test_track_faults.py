@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--arch", "lenet_small", "--dataset", "digits", "--width", "4"]
 
 
+@pytest.fixture(autouse=True)
+def _warm(warm_cache):
+    """Each test's GEOMLAB_CACHE (``tmp/cache``) holds the digits split already."""
+
+
 def _env(tmp: Path, uri: str | None = None) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", GEOMLAB_NO_PROGRESS="1", MLFLOW_DISABLE_TELEMETRY="true",
@@ -185,18 +190,22 @@ def can_mount(tmp_path):
         pytest.skip(f"cannot make a read-only bind mount here ({r.stderr.strip()[:100]})")
 
 
-def _seeded_store(tmp_path: Path, where: Path) -> Path:
-    """A store in ``where`` that already holds one finished run."""
+def _seeded_store(template: Path, where: Path) -> Path:
+    """A migrated store in ``where`` that already holds one finished run (made in-process: no start-up to pay)."""
+    from mlflow.tracking import MlflowClient
+
     where.mkdir()
-    res = subprocess.run(_geomlab(*TRAIN, "--epochs", "1"), cwd=tmp_path, env=_env(tmp_path, f"sqlite:///{where}/m.db"),
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    shutil.copy(template, where / "m.db")
+    client = MlflowClient(f"sqlite:///{where}/m.db")
+    run = client.create_run(client.create_experiment("seeded"), run_name="seeded")
+    client.log_metric(run.info.run_id, "test_acc", 0.5)
+    client.set_terminated(run.info.run_id)
     return where / "m.db"
 
 
-def test_read_only_tracking_store_folder(tmp_path, can_mount):
+def test_read_only_tracking_store_folder(tmp_path, can_mount, _template_store):
     store = tmp_path / "store"
-    db = _seeded_store(tmp_path, store)
+    db = _seeded_store(_template_store, store)
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
     res = subprocess.run(_readonly(store, _geomlab(*TRAIN, "--epochs", "1")), cwd=tmp_path,
                          env=_env(tmp_path, f"sqlite:///{db}"), capture_output=True, text=True, timeout=300)

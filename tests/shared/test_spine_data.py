@@ -146,6 +146,24 @@ def test_digits_is_fixed_and_upscaled():
     assert torch.equal(a.test.x, b.test.x) and torch.equal(a.test.y, b.test.y)
 
 
+def test_digits_split_is_computed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from shared.datasets import _digits_split, digits_cache_file
+
+    monkeypatch.setenv("GEOMLAB_CACHE", str(tmp_path / "empty"))
+    tr, te = _digits_split()  # scikit-learn's split, computed
+    assert not digits_cache_file().exists()
+    a = load_data(DataConfig(dataset="digits"))
+    f = digits_cache_file()
+    assert f.is_file() and torch.equal(a.test.x, te.x) and torch.equal(a.test.y, te.y)
+    assert torch.equal(load_data(DataConfig(dataset="digits")).train.y, tr.y)
+    saved = torch.load(f)  # the second load reads the file: a changed file changes what it returns
+    torch.save({**saved, "y_te": torch.zeros_like(saved["y_te"])}, f)
+    assert load_data(DataConfig(dataset="digits")).test.y.sum() == 0
+    f.write_bytes(b"damaged")  # a damaged cache is rebuilt
+    assert torch.equal(load_data(DataConfig(dataset="digits")).test.y, te.y)
+    assert torch.equal(torch.load(f)["y_te"], te.y)
+
+
 def test_sin_dataset_follows_the_original_rules():
     x, y = sin_dataset(500, 0.01)
     k = math.exp(-0.04) / (8 * 500)
