@@ -1,7 +1,7 @@
 """Which snapshot a training command continues from, and in which MLflow run.
 
 - ``--resume-from S``: continue from snapshot S. It is checked against the new options
-  (:func:`shared.train.snapshot_differences`); options that change the trajectory need ``--resume-override``.
+  (:func:`snapshot_differences`); options that change the trajectory need ``--resume-override``.
 - Re-running a command with an ``--out-dir`` that already holds snapshots continues from the newest one, when it
   was trained with the same options; otherwise the command is refused (it never overwrites them silently).
   ``--fresh`` starts over there (deleting those snapshots; their MLflow run keeps its copies).
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from typing import Iterable
 
 from torch import nn
 
@@ -21,7 +23,67 @@ from shared.data import DataConfig
 from shared.errors import UsageError, check
 from shared.files import ensure_writable_dir, load_snapshot
 from shared.models import model_spec
-from shared.train import TrainConfig, describe_differences, option_name, parse_overrides, snapshot_differences
+from shared.train import TrainConfig
+
+
+# Options that change a run's trajectory: a resume with other values is refused unless overridden (--resume-override).
+TRAJECTORY_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "schedule_options",
+                      "lr_step", "lr_decay", "seed", "precision")
+# an override of one of these rebuilds the schedule
+SCHEDULE_OPTIONS = {"optimizer", "lr", "schedule", "schedule_options", "lr_step", "lr_decay", "epochs"}
+EPOCH_DEPENDENT_SCHEDULES = {"cosine"}  # schedules whose shape depends on --epochs
+EXECUTION_DATA_OPTIONS = ("data_path", "eval_batch_size", "verify_checksums", "download", "num_workers")
+TRAJECTORY_DATA_OPTIONS = tuple(f.name for f in dataclass_fields(DataConfig) if f.name not in EXECUTION_DATA_OPTIONS)
+
+
+def snapshot_differences(snap: dict, cfg: TrainConfig, data_cfg: DataConfig, spec: dict) -> dict[str, tuple]:
+    """The trajectory options (training, data, architecture) whose values differ between a snapshot and a run:
+    ``{option: (snapshot's value, run's value)}``. Execution details (device, paths, snapshots, micro-batches,
+    channels_last) and the number of epochs (unless the schedule depends on it) may change freely."""
+    diffs: dict[str, tuple] = {}
+    keys = TRAJECTORY_OPTIONS + (("epochs",) if cfg.schedule in EPOCH_DEPENDENT_SCHEDULES else ())
+    for saved, new, names, default in ((snap.get("train_config"), asdict(cfg), keys, TrainConfig()),
+                                       (snap.get("data_config"), asdict(data_cfg), TRAJECTORY_DATA_OPTIONS,
+                                        DataConfig())):
+        if not saved:  # snapshots of other code: nothing to compare
+            continue
+        for k in names:
+            old = saved.get(k, getattr(default, k))  # older snapshots lack newer options: their defaults applied
+            if old != new[k]:
+                diffs[k] = (old, new[k])
+    old_spec = snap.get("model_spec") or {}
+    if old_spec and spec and old_spec != spec:
+        def name(s):
+            opts = ",".join(f"{k}={v}" for k, v in sorted(s.get("options", {}).items()))
+            return f"{s.get('arch')}({opts})" if opts else str(s.get("arch"))
+        diffs["arch"] = (name(old_spec), name(spec))
+    return diffs
+
+
+def option_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def describe_differences(diffs: dict[str, tuple], keys: Iterable[str] | None = None) -> str:
+    return ", ".join(f"--{option_name(k)} {diffs[k][0]} in the snapshot, {diffs[k][1]} now" for k in (keys or diffs))
+
+
+def parse_overrides(text: str | None) -> set[str]:
+    """``--resume-override lr,batch-size`` -> {"lr", "batch_size"}; unknown names raise UsageError."""
+    names = {n.strip().replace("-", "_") for n in (text or "").split(",") if n.strip()}
+    valid = set(TRAJECTORY_OPTIONS) | set(TRAJECTORY_DATA_OPTIONS) | {"epochs", "arch"}
+    bad = sorted(names - valid)
+    check(not bad, f"--resume-override: unknown option {', '.join(bad)}; use a comma list of: "
+                   f"{', '.join(option_name(v) for v in sorted(valid))}")
+    return names
+
+
+def refuse_changes(diffs: dict[str, tuple], allowed: set[str], source: str) -> None:
+    """Raise UsageError when a snapshot's trajectory options differ from the run's in options not ``allowed``."""
+    refused = [k for k in diffs if k not in allowed]
+    check(not refused, f"snapshot {source} was trained with other options ({describe_differences(diffs, refused)}); "
+                       "resume with the snapshot's values, or pass --resume-override "
+                       f"{','.join(option_name(k) for k in refused)} to continue with the new ones")
 
 
 @dataclass
@@ -122,10 +184,7 @@ def plan_resume(*, out_dir: str | os.PathLike | None, resume_from: str | None, f
                          f"re-run with its options to continue it, pass --resume-from {source} --resume-override "
                          f"{','.join(option_name(k) for k in refused)} to continue with the new ones, or --fresh to "
                          "start over (deleting those snapshots)")
-    if refused:
-        raise UsageError(f"snapshot {source} was trained with other options ({describe_differences(diffs, refused)}); "
-                         "resume with the snapshot's values, or pass --resume-override "
-                         f"{','.join(option_name(k) for k in refused)} to continue with the new ones")
+    refuse_changes(diffs, allowed, source)
     plan = ResumePlan(snapshot=snap, source=source, overrides=diffs, stopped=snap.get("stop_reason") if auto else None)
     if auto and (plan.stopped or int(snap.get("epoch", 0)) >= train_cfg.epochs):
         plan.message = (f"{out_dir} holds the finished run {snap.get('run_id') or ''} ({snap.get('epoch')} epochs"

@@ -21,7 +21,6 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.data import Data, DataConfig, data_params
+from shared.data import Data, data_params
 from shared.errors import UsageError, check
 from shared.files import ensure_writable_dir, load_snapshot, load_weights, save_snapshot
 from shared.models import model_spec
@@ -77,56 +76,6 @@ class TrainConfig:
 
 
 PRECISIONS = ("fp32", "bf16-mixed")
-
-
-# Options that change a run's trajectory: a resume with other values is refused unless overridden (--resume-override).
-TRAJECTORY_OPTIONS = ("optimizer", "lr", "momentum", "weight_decay", "nesterov", "schedule", "schedule_options",
-                      "lr_step", "lr_decay", "seed", "precision")
-SCHEDULE_OPTIONS = {"optimizer", "lr", "schedule", "schedule_options", "lr_step", "lr_decay", "epochs"}  # an override rebuilds the schedule
-EPOCH_DEPENDENT_SCHEDULES = {"cosine"}  # schedules whose shape depends on --epochs
-DATA_OPTIONS = tuple(f.name for f in dataclass_fields(DataConfig)
-                     if f.name not in ("data_path", "eval_batch_size", "verify_checksums", "download", "num_workers"))
-
-
-def snapshot_differences(snap: dict, cfg: TrainConfig, data_cfg: DataConfig, spec: dict) -> dict[str, tuple]:
-    """The trajectory options (training, data, architecture) whose values differ between a snapshot and a run:
-    ``{option: (snapshot's value, run's value)}``. Execution details (device, paths, snapshots, micro-batches,
-    channels_last) and the number of epochs (unless the schedule depends on it) may change freely."""
-    diffs: dict[str, tuple] = {}
-    keys = TRAJECTORY_OPTIONS + (("epochs",) if cfg.schedule in EPOCH_DEPENDENT_SCHEDULES else ())
-    for saved, new, names, default in ((snap.get("train_config"), asdict(cfg), keys, TrainConfig()),
-                                       (snap.get("data_config"), asdict(data_cfg), DATA_OPTIONS, DataConfig())):
-        if not saved:  # snapshots of other code: nothing to compare
-            continue
-        for k in names:
-            old = saved.get(k, getattr(default, k))  # older snapshots lack newer options: their defaults applied
-            if old != new[k]:
-                diffs[k] = (old, new[k])
-    old_spec = snap.get("model_spec") or {}
-    if old_spec and spec and old_spec != spec:
-        def name(s):
-            opts = ",".join(f"{k}={v}" for k, v in sorted(s.get("options", {}).items()))
-            return f"{s.get('arch')}({opts})" if opts else str(s.get("arch"))
-        diffs["arch"] = (name(old_spec), name(spec))
-    return diffs
-
-
-def option_name(key: str) -> str:
-    return key.replace("_", "-")
-
-
-def describe_differences(diffs: dict[str, tuple], keys: Iterable[str] | None = None) -> str:
-    return ", ".join(f"--{option_name(k)} {diffs[k][0]} in the snapshot, {diffs[k][1]} now" for k in (keys or diffs))
-
-
-def parse_overrides(text: str | None) -> set[str]:
-    """``--resume-override lr,batch-size`` -> {"lr", "batch_size"}; unknown names raise UsageError."""
-    names = {n.strip().replace("-", "_") for n in (text or "").split(",") if n.strip()}
-    valid = set(TRAJECTORY_OPTIONS) | set(DATA_OPTIONS) | {"epochs", "arch"}
-    bad = sorted(names - valid)
-    check(not bad, f"--resume-override: unknown option {', '.join(bad)}; use a comma list of: "
-                   f"{', '.join(option_name(v) for v in sorted(valid))}")
-    return names
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):
@@ -466,11 +415,12 @@ class Trainer:
     def resume(self, source: str | dict, overrides: Iterable[str] = ()) -> None:
         """Restore everything from a snapshot (path, MLflow URI or loaded dict) written by this trainer.
 
-        A snapshot trained with other trajectory options (:func:`snapshot_differences`) is refused unless each
+        A snapshot trained with other trajectory options (:func:`shared.resume.snapshot_differences`) is refused unless each
         differing option is in ``overrides``; overridden options take effect from the resumed epoch: a new optimizer
         is started fresh, new hyper-parameters replace the snapshot's, and the schedule is rebuilt from the new
         options and advanced to the resumed step (so ``--lr`` is the schedule's base LR, as when training from 0).
         """
+        from shared.resume import SCHEDULE_OPTIONS, TRAJECTORY_DATA_OPTIONS, refuse_changes, snapshot_differences
         from shared.tracking import resolve_input
 
         if isinstance(source, dict):
@@ -484,11 +434,7 @@ class Trainer:
                 raise UsageError(f"snapshot {path} holds weights only (no {key}); resume needs a snapshot written "
                                  "during training (snapshots/epoch_NNN.pt), or start from it with --init-from")
         diffs = snapshot_differences(snap, self.cfg, self.data.config, model_spec(self.model))
-        refused = [k for k in diffs if k not in set(overrides)]
-        if refused:
-            raise UsageError(f"snapshot {path} was trained with other options ({describe_differences(diffs, refused)})"
-                             f"; resume with the snapshot's values, or pass --resume-override {','.join(refused)} to "
-                             "continue with the new ones")
+        refuse_changes(diffs, set(overrides), path)
         load_weights(self.model, snap)
         new_hparams = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         if "optimizer" not in diffs:
@@ -520,7 +466,7 @@ class Trainer:
         random.setstate(rng["python"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        if not set(diffs) & set(DATA_OPTIONS):  # other data: a fresh batch order
+        if not set(diffs) & set(TRAJECTORY_DATA_OPTIONS):  # other data: a fresh batch order
             self.data.train.load_state_dict(rng["train_loader"])
         for cb, st in zip(self.callbacks, snap.get("callbacks", [])):
             cb.load_state_dict(st)
