@@ -127,7 +127,8 @@ INIT = _O("init", str, "Weight initialization scheme; the choices depend on the 
 
 # -- run / output ----------------------------------------------------------------------------------------------------
 OUT_DIR = _O("out_dir", Optional[str], "Local folder for snapshots, results and figures (default "
-             "./outputs/<project>/<run id>); everything is also logged to MLflow.", None,
+             "outputs/<project>/<run id>, with outputs/ beside a SQLite tracking store, else in the working folder, "
+             "or $GEOMLAB_OUTPUT_DIR); everything is also logged to MLflow.", None,
              ("--out-dir", "--out", "--results", "--models-path"))
 RUN_NAME = _O("run_name", Optional[str], "MLflow run name.")
 SYSTEM_METRICS = _O("system_metrics", bool, "Log MLflow's system metrics (CPU, memory, disk, network; GPU when "

@@ -23,7 +23,7 @@ os.environ.setdefault("GEOMLAB_NO_PROGRESS", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from helpers import write_cifar_like, write_mnist_like  # noqa: E402,F401
+from helpers import copy_store, write_cifar_like, write_mnist_like  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +65,7 @@ def warm_cache(_digits_cache, tmp_path) -> Path:
 def mlflow_store(_template_store, warm_cache, tmp_path, monkeypatch):
     import mlflow
 
-    db = tmp_path / "mlflow.db"
-    shutil.copy(_template_store, db)
+    db = copy_store(_template_store, tmp_path / "mlflow.db")
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

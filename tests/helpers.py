@@ -1,7 +1,10 @@
 """Writers of tiny datasets in the exact on-disk formats that torchvision's real loaders read."""
 from __future__ import annotations
 
+import contextlib
 import pickle
+import shutil
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -72,3 +75,16 @@ def step_counter():
             self.steps += 1
 
     return StepCounter()
+
+
+def copy_store(template: Path, db: Path) -> Path:
+    """A copy of the session's migrated SQLite store at ``db``. The Default experiment's artifact root is fixed when
+    a store is created (./mlruns of that process): the copy's is ``db``'s folder's mlruns/0, not a folder every test
+    shares (or the checkout, where pytest starts)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(template, db)
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    (str(db.parent / "mlruns" / "0"),))
+        con.commit()
+    return db

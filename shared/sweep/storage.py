@@ -31,7 +31,9 @@ def redact(url: str) -> str:
 
 
 def default_storage() -> str:
-    return f"sqlite:///{Path.cwd().resolve() / 'optuna.db'}"
+    """$GEOMLAB_OPTUNA_STORAGE, else ``optuna.db`` in the working folder. The variable counts also where
+    ``--storage`` is given empty, as the MLproject's ``sweep`` entry does when ``-P storage`` is not passed."""
+    return os.environ.get(STORAGE_ENV) or f"sqlite:///{Path.cwd().resolve() / 'optuna.db'}"
 
 
 def normalize_storage(url: str) -> str:

@@ -1,10 +1,8 @@
 """The parent run's summary of a study: trial table, best trial, parameter importances, Optuna's plots."""
 from __future__ import annotations
 
-import os
 import time
 import warnings
-from pathlib import Path
 
 import typer
 
@@ -13,11 +11,12 @@ from .storage import quiet_optuna
 
 
 def summarize(sweep) -> None:
-    """Log the study so far to the parent run and to outputs/sweeps/<study>/: trial table, best trial,
-    parameter importances, Optuna's plots."""
+    """Log the study so far to the parent run and to the default output folder's ``sweeps/<study>/``
+    (:func:`shared.experiment.default_out_dir`): trial table, best trial, parameter importances, Optuna's plots."""
     import optuna
     from mlflow.entities import Metric, RunTag
 
+    from shared.experiment import default_out_dir
     from shared.files import write_json
     from shared.plotting import save_figure
 
@@ -25,7 +24,7 @@ def summarize(sweep) -> None:
     trials = sweep.study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     counts = sweep.counts()
-    out = Path(os.environ.get("GEOMLAB_OUTPUT_DIR", "outputs")) / "sweeps" / s.study
+    out = default_out_dir("sweeps", s.study)
     table = [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
               "mlflow_run_ids": t.user_attrs.get("mlflow_run_ids", []),
               **{k: t.user_attrs[k] for k in ("error", "invalid") if k in t.user_attrs},

@@ -243,6 +243,12 @@ class Session:
                     "GEOMLAB_NO_PROGRESS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
         for var in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
             self.env.pop(var, None)
+        # `mlflow run` runs from the repository root: the experiments it would create there would get ./mlruns of
+        # the checkout as their artifact root; they are made here first, with their artifacts in tmp
+        names = {"geomlab", "demo", *(p.name for p in (ROOT / "projects").iterdir() if (p / "MLproject").is_file())}
+        for name in sorted(names):
+            if self.client.get_experiment_by_name(name) is None:
+                self.client.create_experiment(name, artifact_location=str(tmp / "mlruns" / name))
         (tmp / "projects").symlink_to(ROOT / "projects")  # relative paths in examples (spaces) resolve from tmp
         self.space = tmp / "space.yaml"
         self.space.write_text("params:\n  lr: {type: float, low: 1.0e-3, high: 1.0e-1, log: true}\n"
@@ -293,7 +299,8 @@ class Session:
             return ids[min(k, len(ids) - 1)]
 
         text = PLACEHOLDER.sub(one, text)
-        sw = re.match(r"geomlab sweep (\w+) ([\w-]+)", text)
+        sw = (re.match(r"geomlab sweep (\w+) ([\w-]+)", text)
+              or re.match(r"mlflow run \S+ -e sweep -P project=(\w+) -P entry=([\w-]+)", text))
         command = f"geomlab {sw.group(1).replace('_', '-')} {sw.group(2)}" if sw else ""
         text = re.sub(r"(--space |-P space=)(projects/\S+\.yaml)",
                       lambda m: m.group(1) + self.scaled_space(m.group(2), command), text)

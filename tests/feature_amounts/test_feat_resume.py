@@ -1,6 +1,5 @@
 """A sweep killed with SIGKILL in the middle of a variant continues when the same command is run again."""
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -8,6 +7,7 @@ import time
 from pathlib import Path
 
 import mlflow
+from helpers import copy_store
 from mlflow.tracking import MlflowClient
 
 from projects.feature_amounts.results import from_csv
@@ -70,7 +70,7 @@ def test_sweep_resumes_after_kill_9(mlflow_store, tmp_path, _template_store, cli
     # the interrupted-and-resumed sweep trains exactly what an uninterrupted one trains (CPU, same seeds)
     ref_dir = tmp_path / "ref"
     ref_dir.mkdir()
-    shutil.copy(_template_store, ref_dir / "mlflow.db")
+    copy_store(_template_store, ref_dir / "mlflow.db")
     ref_uri = f"sqlite:///{ref_dir / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ref_uri)
     mlflow.set_tracking_uri(ref_uri)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from helpers import copy_store
 from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,7 +154,7 @@ def test_read_only_store_is_a_one_line_error(tmp_path, which, _template_store):
     space = _space(tmp_path, epochs=1)
     env = _env(tmp_path)
     if which == "tracking":  # an existing, migrated store in a folder that turned read-only
-        shutil.copy(_template_store, store / "mlflow.db")
+        copy_store(_template_store, store / "mlflow.db")
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
         storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     else:

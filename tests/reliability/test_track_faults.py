@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import copy_store
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--arch", "lenet_small", "--dataset", "digits", "--width", "4"]
@@ -194,8 +195,7 @@ def _seeded_store(template: Path, where: Path) -> Path:
     """A migrated store in ``where`` that already holds one finished run (made in-process: no start-up to pay)."""
     from mlflow.tracking import MlflowClient
 
-    where.mkdir()
-    shutil.copy(template, where / "m.db")
+    copy_store(template, where / "m.db")
     client = MlflowClient(f"sqlite:///{where}/m.db")
     run = client.create_run(client.create_experiment("seeded"), run_name="seeded")
     client.log_metric(run.info.run_id, "test_acc", 0.5)

@@ -236,3 +236,15 @@ def test_a_trial_whose_worker_died_is_failed_and_retried(mlflow_store, cli, tmp_
     assert sorted(r.data.tags["optuna_trial"] for r in children) == ["0", "1"]
     parents, _ = _runs("hb")
     assert parents[0].info.status == "FINISHED"
+
+
+def test_an_empty_storage_option_falls_back_to_the_environment(mlflow_store, cli, tmp_path, monkeypatch):
+    # the MLproject's sweep entry passes `--storage ''` when -P storage is not given: GEOMLAB_OPTUNA_STORAGE counts
+    env_db = tmp_path / "from-env.db"
+    monkeypatch.setenv("GEOMLAB_OPTUNA_STORAGE", f"sqlite:///{env_db}")
+    args = _sweep_args(tmp_path, _write_space(tmp_path), "env", 1)
+    args[args.index("--storage") + 1] = ""
+    r = cli(*args)
+    assert r.exit_code == 0, r.stderr
+    assert optuna.get_all_study_names(f"sqlite:///{env_db}") == ["env"]
+    assert not (tmp_path / "optuna.db").exists()
