@@ -41,7 +41,7 @@ SKIP = {
     "geomlab sweep cone_geometry train --space projects/cone_geometry/spaces/teacher.yaml --n-trials 200": "the "
     "cluster recipe's worker (its storage is the cluster's PostgreSQL; the same sweep runs above on one machine)",
     ".venv/bin/pytest": "runs (part of) this test suite itself",
-    ".venv/bin/python benchmarks/": "benchmarks take minutes (benchmarks/ has its own smoke tests)",
+    ".venv/bin/python benchmarks/": "benchmarks take minutes on an idle machine (make bench runs them by hand)",
     "CUDA_VISIBLE_DEVICES=": "needs several GPUs",
 }
 
