@@ -9,7 +9,7 @@ network), as the original did.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -72,25 +72,33 @@ def _check_same_structure(docs: Sequence[dict]) -> None:
                          "architecture only")
 
 
-def aggregate_states(docs: Sequence[dict]) -> dict[str, Any]:
-    """Mean and std over documents of the state fractions: ``{"net": {"mean", "std"}, "blocks": [...], "pairs":
-    [[...]], "runs": n}``."""
+def _mean_std_by_level(docs: Sequence[dict], extract: Callable[[dict], dict],
+                       transform: Callable[[np.ndarray], np.ndarray] = lambda a: a) -> dict[str, Any]:
+    """Mean and std over documents of ``extract(doc)``'s arrays at each level (net, blocks, pairs), each level's
+    stack of documents passed through ``transform`` first."""
     if not docs:
         raise UsageError("nothing to aggregate: no nesting documents given")
     _check_same_structure(docs)
-    fr = [doc_fractions(d) for d in docs]
+    per_doc = [extract(d) for d in docs]
 
     def ms(values: list[np.ndarray]) -> dict[str, np.ndarray]:
-        a = np.stack(values)
+        a = transform(np.stack(values))
         return {"mean": a.mean(axis=0), "std": a.std(axis=0)}
 
-    nb = len(fr[0]["blocks"])
+    nb = len(per_doc[0]["blocks"])
     return {
         "runs": len(docs),
-        "net": ms([f["net"] for f in fr]),
-        "blocks": [ms([f["blocks"][b] for f in fr]) for b in range(nb)],
-        "pairs": [[ms([f["pairs"][b][p] for f in fr]) for p in range(len(fr[0]["pairs"][b]))] for b in range(nb)],
+        "net": ms([f["net"] for f in per_doc]),
+        "blocks": [ms([f["blocks"][b] for f in per_doc]) for b in range(nb)],
+        "pairs": [[ms([f["pairs"][b][p] for f in per_doc]) for p in range(len(per_doc[0]["pairs"][b]))]
+                  for b in range(nb)],
     }
+
+
+def aggregate_states(docs: Sequence[dict]) -> dict[str, Any]:
+    """Mean and std over documents of the state fractions: ``{"net": {"mean", "std"}, "blocks": [...], "pairs":
+    [[...]], "runs": n}``."""
+    return _mean_std_by_level(docs, doc_fractions)
 
 
 def normalize_distances(values: np.ndarray) -> np.ndarray:
@@ -110,23 +118,7 @@ def aggregate_values(docs: Sequence[dict]) -> dict[str, Any]:
     Returns ``{"net": {"mean": (n, 3), "std": (n, 3)}, "blocks": [...], "pairs": [[...]], "runs": k}``; the
     distance is normalized by its maximum over all documents at each level.
     """
-    if not docs:
-        raise UsageError("nothing to aggregate: no nesting documents given")
-    _check_same_structure(docs)
-    vals = [doc_values(d) for d in docs]
-
-    def ms(arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
-        a = normalize_distances(np.stack(arrays))
-        return {"mean": a.mean(axis=0), "std": a.std(axis=0)}
-
-    nb = len(vals[0]["blocks"])
-    return {
-        "runs": len(docs),
-        "net": ms([v["net"] for v in vals]),
-        "blocks": [ms([v["blocks"][b] for v in vals]) for b in range(nb)],
-        "pairs": [[ms([v["pairs"][b][p] for v in vals]) for p in range(len(vals[0]["pairs"][b]))]
-                  for b in range(nb)],
-    }
+    return _mean_std_by_level(docs, doc_values, normalize_distances)
 
 
 def epoch_key(doc: dict) -> tuple[int, str]:

@@ -98,12 +98,15 @@ APPEND = {
     "geomlab feature-amounts optimize": "--dataset digits --epochs 1 --width-multiplier 0.02 --patch-size 16 "
                                         "--split-cache '' --storage sqlite:///{tmp}/optuna-fa.db",
     "geomlab sweep": "--storage sqlite:///{tmp}/optuna.db",
+    # studies: the smoke preset, shortened further (tests/studies runs the smoke presets themselves end to end)
+    "geomlab hyperplane-bias study": "--seeds 0 --epochs 1 --max-test 100",
     # undeclared -P parameters reach the command as --<name> <value>: out-dir keeps outputs out of the checkout
     # (commands without --out-dir, e.g. sweeps and studies, write under outputs/ of the folder, ignored by git)
     "mlflow run . -e train": "-P epochs=1 -P out-dir={tmp}/mlflow-run-out",
     "mlflow run projects/cone_geometry -e train": "-P train-fraction=0.2",
     "mlflow run . -e demo": "-P out-dir={tmp}/mlflow-run-out",
     "mlflow run . -e sweep": "-P storage=sqlite:///{tmp}/optuna-mlflow.db",
+    "mlflow run projects/cone_geometry -e study": "-P teacher-epochs-total=1 -P teacher-epochs=0,1",
 }
 # placeholders: `<role run id>` is the newest run of the same project whose entry point is the role's
 ROLES = {
