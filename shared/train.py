@@ -415,10 +415,11 @@ class Trainer:
     def resume(self, source: str | dict, overrides: Iterable[str] = ()) -> None:
         """Restore everything from a snapshot (path, MLflow URI or loaded dict) written by this trainer.
 
-        A snapshot trained with other trajectory options (:func:`shared.resume.snapshot_differences`) is refused unless each
-        differing option is in ``overrides``; overridden options take effect from the resumed epoch: a new optimizer
-        is started fresh, new hyper-parameters replace the snapshot's, and the schedule is rebuilt from the new
-        options and advanced to the resumed step (so ``--lr`` is the schedule's base LR, as when training from 0).
+        A snapshot trained with other trajectory options (:func:`shared.resume.snapshot_differences`) is refused
+        unless each differing option is in ``overrides``; overridden options take effect from the resumed epoch: a
+        new optimizer is started fresh, new hyper-parameters replace the snapshot's, and the schedule is rebuilt from
+        the new options and advanced to the resumed step (so ``--lr`` is the schedule's base LR, as when training
+        from 0).
         """
         from shared.resume import SCHEDULE_OPTIONS, TRAJECTORY_DATA_OPTIONS, refuse_changes, snapshot_differences
         from shared.tracking import resolve_input

@@ -40,17 +40,10 @@ def _template_store(tmp_path_factory) -> Path:
 def _digits_cache(tmp_path_factory) -> Path:
     from shared.datasets import digits_cache_file, load_digits_split
 
-    d = tmp_path_factory.mktemp("digits-cache")
-    old = os.environ.get("GEOMLAB_CACHE")
-    os.environ["GEOMLAB_CACHE"] = str(d)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GEOMLAB_CACHE", str(tmp_path_factory.mktemp("digits-cache")))
         load_digits_split()
         return digits_cache_file()
-    finally:
-        if old is None:
-            del os.environ["GEOMLAB_CACHE"]
-        else:
-            os.environ["GEOMLAB_CACHE"] = old
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Writers of tiny datasets in the exact on-disk formats that torchvision's real loaders read."""
+"""Writers of tiny datasets in the exact on-disk formats that torchvision's real loaders read; a callback that
+counts training steps; copies of the session's migrated MLflow store."""
 from __future__ import annotations
 
 import contextlib

@@ -101,7 +101,7 @@ APPEND = {
     # studies: the smoke preset, shortened further (tests/studies runs the smoke presets themselves end to end)
     "geomlab hyperplane-bias study": "--seeds 0 --epochs 1 --max-test 100",
     # undeclared -P parameters reach the command as --<name> <value>: out-dir keeps outputs out of the checkout
-    # (commands without --out-dir, e.g. sweeps and studies, write under outputs/ of the folder, ignored by git)
+    # (commands without --out-dir, e.g. sweeps and studies, write to outputs/ beside the test's SQLite store)
     "mlflow run . -e train": "-P epochs=1 -P out-dir={tmp}/mlflow-run-out",
     "mlflow run projects/cone_geometry -e train": "-P train-fraction=0.2",
     "mlflow run . -e demo": "-P out-dir={tmp}/mlflow-run-out",
