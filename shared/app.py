@@ -3,7 +3,8 @@
 Every command made through :func:`make_app` gets:
 
 - ``error: <message>`` on stderr and exit code 2 for :class:`~shared.errors.UsageError` (no traceback), exit code
-  130 for Ctrl-C; a bad command line (unknown option, bad value, missing argument) is one line too,
+  130 for Ctrl-C and 143 for SIGTERM (stop requests, honoured at the command's safe points: :mod:`shared.interrupts`);
+  a bad command line (unknown option, bad value, missing argument) is one line too,
   ``error: <click's message> (see 'geomlab <command> --help')``, without Rich panels (nor Rich's import time);
 - hidden aliases: the first long name of an option is the one shown in ``--help`` and seen by ``geomlab sweep``;
   further long names (old spellings such as ``--noisy`` for ``--noise``) are still accepted but not shown;
@@ -112,15 +113,20 @@ class _Group(TyperGroup):
         sys.exit(rv if isinstance(rv, int) and not isinstance(rv, bool) else 0)  # typer.Exit(n) returns n here
 
     def invoke(self, ctx):
+        from shared import interrupts
+
+        interrupts.install()  # Ctrl-C / SIGTERM request a stop that the command honours at its safe points
         try:
             return super().invoke(ctx)
         except UsageError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (shared.tracking.Terminated: exit code 143)
-            typer.echo("interrupted: finished work (snapshots, statistics) is kept; re-run the same command to "
-                       "continue", err=True)
-            raise typer.Exit(getattr(e, "exit_code", 130)) from None
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM at a safe point (shared.interrupts): exit 130 / 143
+            from shared.interrupts import exit_code, signal_name
+
+            typer.echo(f"interrupted ({signal_name(e)}): finished work (snapshots, statistics) is kept; re-run the "
+                       "same command to continue", err=True)
+            raise typer.Exit(exit_code(e)) from None
 
 
 class App(typer.Typer):

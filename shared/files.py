@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from shared import interrupts
 from shared.errors import UsageError
 
 SNAPSHOT_FORMAT = "geomlab-snapshot/1"
@@ -51,19 +52,21 @@ def current_umask() -> int:
 def atomic_write(path: str | os.PathLike, write) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: readers never see a half-written file.
 
-    The file gets the mode any newly created file gets (0666 less the umask), not mkstemp's private 0600."""
+    The file gets the mode any newly created file gets (0666 less the umask), not mkstemp's private 0600. The write
+    is a critical section (:func:`shared.interrupts.critical`): Ctrl-C and SIGTERM wait for it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~current_umask())
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with interrupts.critical():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            os.chmod(tmp, 0o666 & ~current_umask())
+            write(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 

@@ -107,6 +107,9 @@ SEED = _O("seed", Optional[int], "Random seed: of training (weights, batch order
           "(each trial number gets its own stream, so parallel workers do not repeat points).", 0)
 SNAPSHOT_EVERY = _O("snapshot_every", int, "Save a snapshot every this many epochs (0: only the last one; the "
                     "initialization is kept as epoch_000).", 0)
+KEEP_RESUME_EVERY = _O("keep_resume_every", int, "Snapshots keep the optimizer and RNG state (what an exact "
+                       "resume needs) only in the newest one; also keep it in every snapshot at a multiple of this "
+                       "epoch (0: the newest only). The weights of every snapshot are kept.", 0)
 SNAPSHOT_ALL_UNTIL = _O("snapshot_all_until", int, "Also save a snapshot after each of the first N epochs.", 0)
 TRAIN_ACC = _O("train_acc", bool, "Also evaluate accuracy on the training split at each evaluation.", False)
 DEVICE = _O("device", str, "auto, cpu or cuda.", "auto")
@@ -143,7 +146,8 @@ FRESH = _O("fresh", bool, "Start over: ignore the finished work of an earlier ru
 DATA = (DATASET, DATA_PATH, BATCH_SIZE, NOISE, NOISE_SEED, PIXEL_SHUFFLE, SUBSAMPLE_CLASSES, CLASS_SAMPLE_SEED, SPLIT,
         STRATIFIED, SPLIT_SEED, TRAIN_FRACTION, AUGMENTATION, NORMALIZE, SHUFFLE, VERIFY_CHECKSUMS, DOWNLOAD)
 TRAIN = (EPOCHS, OPTIMIZER, LR, MOMENTUM, WEIGHT_DECAY, LR_STEP, LR_DECAY, SEED, SNAPSHOT_EVERY, SNAPSHOT_ALL_UNTIL,
-         TRAIN_ACC, DEVICE, PRECISION, CHANNELS_LAST, RESUME_FROM, RESUME_OVERRIDE, FRESH, SYSTEM_METRICS)
+         KEEP_RESUME_EVERY, TRAIN_ACC, DEVICE, PRECISION, CHANNELS_LAST, RESUME_FROM, RESUME_OVERRIDE, FRESH,
+         SYSTEM_METRICS)
 RUN_OUTPUT = (OUT_DIR, RUN_NAME)
 
 # every option also as an Annotated type for a single use: ``out_dir: opt.OutDir = None`` (OUT_DIR -> OutDir)
@@ -230,12 +234,13 @@ def train_config(values: dict, **overrides):
 
 
 def with_compute(cfg, values: dict):
-    """``cfg`` (a TrainConfig a project built itself) with the ``--precision`` and ``--channels-last`` of a
-    command's options."""
+    """``cfg`` (a TrainConfig a project built itself) with the options of a command that change how it runs and
+    what it keeps, not what it computes: ``--precision``, ``--channels-last`` and ``--keep-resume-every``."""
     from dataclasses import replace
 
     return replace(cfg, precision=values.get("precision", cfg.precision),
-                   channels_last=values.get("channels_last", cfg.channels_last))
+                   channels_last=values.get("channels_last", cfg.channels_last),
+                   keep_resume_every=values.get("keep_resume_every", cfg.keep_resume_every))
 
 
 #: The data options a project's own data-config builder does not take; commands apply them on top of it.

@@ -5,9 +5,15 @@ Adam (or a registered optimizer), a pluggable LR schedule (stepped per epoch or 
 gradient accumulation over micro-batches, per-epoch evaluation (loss, top-1, top-5), snapshots and exact resume.
 
 Snapshots are ``<out_dir>/snapshots/epoch_NNN.pt`` where NNN is the number of *completed* epochs (epoch_000 is the
-initialization), logged to MLflow under ``snapshots/``. A snapshot holds the model, optimizer, scheduler, every RNG
-state (torch, numpy, python, the training loader's generator), callback states and the epoch, so a run resumed with
-``resume_from`` continues exactly as the uninterrupted run would (bit-identical on CPU).
+initialization), logged to MLflow under ``snapshots/``. Every snapshot holds the weights, the history and the
+run's configuration (what the analyses read). The newest one also holds the *resume state* (optimizer, scheduler,
+every RNG state: torch, numpy, python, the training loader's generator; callback states), so a run resumed with
+``resume_from`` continues exactly as the uninterrupted run would (bit-identical on CPU). When a newer snapshot is
+written, the previous one drops its resume state (it doubles a snapshot's size with SGD momentum, triples it with
+Adam), unless ``keep_resume_every`` keeps it.
+
+Ctrl-C and SIGTERM stop training between batches (:mod:`shared.interrupts`); a stop requested during an epoch's
+evaluation, metrics or snapshot waits for them, and the finished epoch is snapshotted before the run ends KILLED.
 
 Projects extend the loop without copying it:
 - ``loss_fn(model, x, y) -> (loss, output)``: a different loss (distillation, p-loss);
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared import interrupts
 from shared.data import Data, data_params
 from shared.errors import UsageError, check
 from shared.files import ensure_writable_dir, load_snapshot, load_weights, save_snapshot
@@ -57,6 +64,7 @@ class TrainConfig:
     snapshot_every: int = 0  # epochs; 0 = only the final epoch (and the initialization)
     snapshot_all_until: int = 0  # also snapshot every epoch while fewer than this many are done
     snapshot_init: bool = True
+    keep_resume_every: int = 0  # also keep the resume state in every snapshot at a multiple of this epoch (0: newest)
     train_acc: bool = False  # evaluate the training split (test-time transforms) every evaluation
     eval_every: int = 1
     eval_test: bool = True  # also evaluate the test split when a validation split exists
@@ -69,6 +77,7 @@ class TrainConfig:
     def validate(self) -> None:
         check(self.epochs >= 0, f"--epochs must be >= 0, got {self.epochs}")
         check(self.lr > 0, f"--lr must be > 0, got {self.lr}")
+        check(self.keep_resume_every >= 0, f"--keep-resume-every must be >= 0, got {self.keep_resume_every}")
         check(self.micro_batches >= 1, f"--micro-batches must be >= 1, got {self.micro_batches}")
         check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
               f"unknown device {self.device!r}; use auto, cpu or cuda")
@@ -303,6 +312,10 @@ class KillPlateaus(Callback):
         self.start_loss, self.avg, self.prev_acc = state["start_loss"], state.get("avg", 0.0), state["prev_acc"]
 
 
+#: What a snapshot needs for an exact resume beyond the weights: only the newest snapshot keeps it (see the module
+#: docstring); analyses never read it.
+RESUME_STATE = ("optimizer_state_dict", "scheduler_state_dict", "rng", "callbacks")
+
 # Callbacks added to every Trainer of this process (e.g. an Optuna trial reporter installed by a sweep).
 GLOBAL_CALLBACKS: list[Callback] = []
 
@@ -392,6 +405,8 @@ class Trainer:
         }
 
     def save_snapshot(self) -> Path | None:
+        """Write ``epoch_NNN.pt`` with the resume state and log it; the previous snapshot then drops its resume state
+        (unless :meth:`keeps_resume_state`). One critical section: a signal never cuts it."""
         if self.out_dir is None and not self.tracker.enabled:
             return None
         name = f"epoch_{self.epoch:03d}.pt"
@@ -401,16 +416,43 @@ class Trainer:
             import tempfile
 
             target = Path(tempfile.mkdtemp(prefix="geomlab-snap-")) / name
+        with interrupts.critical():
+            path = self._write_snapshot(target, self.state())
+            self.tracker.log_artifact(path, "snapshots")
+            previous, self.last_snapshot = self.last_snapshot, path
+            if previous is not None and previous != path:
+                self._drop_resume_state(previous)
+        return path
+
+    def keeps_resume_state(self, epoch: int) -> bool:
+        """Does the snapshot of ``epoch`` keep its resume state once a newer one exists? (``keep_resume_every``)"""
+        every = self.cfg.keep_resume_every
+        return every > 0 and epoch > 0 and epoch % every == 0
+
+    def _write_snapshot(self, target: Path, payload: dict) -> Path:
         try:
-            path = save_snapshot(target, self.state())
+            return save_snapshot(target, payload)
         except OSError as e:  # a full disk, a read-only or vanished folder
             cause = e.strerror or type(e).__name__
             kept = f"; the snapshots up to {self.last_snapshot.name} are intact" if self.last_snapshot else ""
             raise UsageError(f"cannot write snapshot {target} ({cause}){kept}; free space or fix the permissions of "
                              f"{target.parent}, then re-run the same command to continue") from None
+
+    def _drop_resume_state(self, path: Path) -> None:
+        """Rewrite the snapshot at ``path`` (written by this trainer) without its resume state, and log it again."""
+        try:
+            snap = load_snapshot(path)
+        except UsageError:  # gone or damaged: nothing to slim
+            return
+        if snap.get("resume_state_dropped") or self.keeps_resume_state(int(snap.get("epoch", -1))):
+            return
+        slim = {k: v for k, v in snap.items() if k not in RESUME_STATE and k not in ("format", "path")}
+        self._write_snapshot(path, {**slim, "resume_state_dropped": True})
         self.tracker.log_artifact(path, "snapshots")
-        self.last_snapshot = path
-        return path
+        if self.out_dir is None:  # a temporary copy of a logged snapshot: only the newest is needed here
+            import shutil
+
+            shutil.rmtree(path.parent, ignore_errors=True)
 
     def resume(self, source: str | dict, overrides: Iterable[str] = ()) -> None:
         """Restore everything from a snapshot (path, MLflow URI or loaded dict) written by this trainer.
@@ -430,6 +472,10 @@ class Trainer:
             path, _ = resolve_input(source, "snapshot to resume from")
             snap = load_snapshot(path)
         path = snap.get("path", source if isinstance(source, str) else "")
+        if snap.get("resume_state_dropped"):
+            raise UsageError(f"snapshot {path} holds weights only: its resume state (optimizer, RNG) was dropped when a "
+                             "newer snapshot was written; resume from the run's newest snapshot, keep more with "
+                             "--keep-resume-every N, or start from this one with --init-from")
         for key in ("optimizer_state_dict", "rng", "epoch"):
             if key not in snap:
                 raise UsageError(f"snapshot {path} holds weights only (no {key}); resume needs a snapshot written "
@@ -475,6 +521,13 @@ class Trainer:
         self.smoothed_loss = snap.get("smoothed_loss", float("nan"))
         self.history = list(snap.get("history", []))
         self.micro_batches = snap.get("micro_batches", self.micro_batches)
+        if self.out_dir is not None and path and Path(path).parent.resolve() == (self.out_dir / "snapshots").resolve():
+            self.last_snapshot = Path(path)  # this run's own newest snapshot: it drops its resume state in turn
+            # a kill -9 between writing the newest snapshot and slimming the one before leaves that one whole
+            older = sorted(p for p in Path(path).parent.glob("epoch_*.pt") if p.name < Path(path).name)
+            if older:
+                with interrupts.critical():
+                    self._drop_resume_state(older[-1])
 
     # -- the loop ------------------------------------------------------------------------------------------------
     def should_snapshot(self) -> bool:
@@ -557,6 +610,7 @@ class Trainer:
                     bar.advance(b_task)
                     if self._stop is not None:
                         break
+                    interrupts.check()  # a safe point: between batches (the epoch in progress is redone on resume)
                 lr_used = self.lr
                 if not self.schedule.per_step and self.schedule.scheduler is not None:
                     self.schedule.scheduler.step()
@@ -571,16 +625,14 @@ class Trainer:
                     cb.on_epoch_end(self, metrics)
                 self.history.append({"epoch": self.epoch, **metrics})
                 self.tracker.log_metrics(metrics, step=self.epoch)
-                try:  # before the snapshot: a snapshot's epochs are always logged (kill -9 between)
-                    self.tracker.flush()
-                except KeyboardInterrupt:  # Ctrl-C or SIGTERM during the write: the epoch is done, keep it; the
-                    self.save_snapshot()   # buffered metrics are written when the run closes
-                    raise
-                if self.should_snapshot() or self._stop is not None:
+                self.tracker.flush()  # before the snapshot: a snapshot's epochs are always logged (kill -9 between)
+                stopping = interrupts.requested() is not None
+                if self.should_snapshot() or self._stop is not None or stopping:  # a stop keeps the finished epoch
                     self.save_snapshot()
                 desc = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("train_loss", "val_acc", "test_acc"))
                 bar.update(ep_task, detail=desc)
                 bar.advance(ep_task)
+                interrupts.check()  # a safe point: between epochs
         for cb in self.callbacks:
             cb.on_train_end(self)
         converged = self._stop is None

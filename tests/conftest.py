@@ -9,6 +9,8 @@
 - ``cli``: run ``geomlab`` commands in-process: ``cli("cone-geometry", "train", "--epochs", "1")`` returns a
   typer Result (``.exit_code``, ``.stdout``, ``.stderr``).
 - ``write_mnist_like`` / ``write_cifar_like``: tiny datasets in the exact on-disk formats torchvision reads.
+- every test ends with :func:`shared.interrupts.uninstall`: an in-process command installs the stop-request handlers
+  in pytest's own process, and a request left pending by one test must not stop the next.
 """
 from __future__ import annotations
 
@@ -24,6 +26,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 sys.path.insert(0, str(Path(__file__).parent))
 
 from helpers import copy_store, write_cifar_like, write_mnist_like  # noqa: E402,F401
+
+
+@pytest.fixture(autouse=True)
+def _no_pending_interrupts():
+    yield
+    from shared import interrupts
+
+    interrupts.uninstall()
 
 
 @pytest.fixture(scope="session")

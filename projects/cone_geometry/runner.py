@@ -16,6 +16,7 @@ from projects.cone_geometry import aggregate, nesting, plots, student_kernel
 from projects.cone_geometry.distill import DistillLoss, check_kd
 from projects.cone_geometry.models import (ConeNet, build, check_init, convert_original_state_dict, is_student,
                                            student_of, teacher_name)
+from shared import interrupts
 from shared.data import DataConfig, load_data
 from shared.errors import UsageError, check
 from shared.experiment import (default_out_dir, model_for, model_from_snapshot, read_snapshot, resolve_snapshot, run_ref,
@@ -303,6 +304,7 @@ def distill_all(teacher_run: str, *, epochs: Sequence[int] | None = None, nestin
                        ) as parent:
         base = Path(out_dir) if out_dir else default_out_dir(PROJECT, parent.run_id)
         for k, src in enumerate(sources):
+            interrupts.check()  # a safe point: between students
             say(f"[distill-all] {k + 1}/{len(sources)}: {src}")
             res = distill(src, out_dir=str(base / f"student_{k:03d}"), **distill_kwargs)
             results.append(res)
@@ -414,6 +416,7 @@ def nesting_analysis(student: str, *, arch: str | None = None, dataset: str | No
                 say(f"  block {block.index} ({block.size[0]}x{block.size[1]}) pair {p}: "
                     f"{c.n_in}x{c.n_out} filter-channels x {block.convs[p].n_in} inputs in {seconds:.2f} s"
                     + (f" (rank 0 of {size})" if size > 1 else ""))
+            interrupts.check(comm if size > 1 else None)  # a safe point of every rank: between pairs
 
         t0 = time.perf_counter()
         results = nesting.network_nesting(blocks, quick=quick, comm=comm if size > 1 else None,

@@ -8,13 +8,14 @@ import re
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from projects.depth_limit import landscape as LS
 from projects.depth_limit import models as M
+from shared import interrupts
 from shared.data import DataConfig, load_data
 from shared.errors import UsageError, check
 from shared.experiment import default_out_dir, load_model_from, resolve_snapshot
@@ -144,16 +145,22 @@ def write_cell(cells_dir: Path, index: int, values: np.ndarray) -> Path:
 
 
 def render_cells(evaluate: LS.BatchEvaluator, pending: list[LS.Cell], cells_dir: Path, steps: int,
-                 batch_points: int, rank: int = 0, size: int = 1, echo: Callable[[str], None] = say) -> int:
+                 batch_points: int, rank: int = 0, size: int = 1, echo: Callable[[str], None] = say,
+                 comm: Any = None) -> int:
     """Evaluate this rank's round-robin share of ``pending`` (the same list on every rank), writing each cell as it
-    finishes; returns the number of cells this rank evaluated."""
+    finishes; returns the number of cells this rank evaluated. After each round of cells every rank passes a safe
+    point together (:func:`shared.interrupts.check` with ``comm``): a stop ends all ranks after their cell."""
     todo = LS.assign_cells(pending, rank, size)
+    rounds = -(-len(pending) // max(size, 1))  # the same on every rank: the collective safe points match
     t0 = time.perf_counter()
     with progress_bar(rank == 0) as bar:
         task = bar.add_task("landscape cells", total=len(todo))
-        for k, cell in enumerate(todo):
-            write_cell(cells_dir, cell.index, LS.evaluate_cell(cell, steps, evaluate, batch_points))
-            bar.advance(task)
+        for k in range(rounds):
+            if k < len(todo):
+                cell = todo[k]
+                write_cell(cells_dir, cell.index, LS.evaluate_cell(cell, steps, evaluate, batch_points))
+                bar.advance(task)
+            interrupts.check(comm if size > 1 else None)
             if k == 0 and rank == 0 and len(todo) > 1:
                 per = (time.perf_counter() - t0) / max(cell.size, 1)
                 left = sum(c.size for c in todo[1:])
@@ -194,6 +201,7 @@ def render_landscape(source: str, out_dir: str | None, settings: RenderSettings,
     plots and logs the analysis run. Returns {'surface': path, 'run_id': ...} on rank 0. ``out_dir`` None: the
     source's :func:`landscape_dir`."""
     settings.validate()
+    interrupts.install()  # every rank: Ctrl-C / SIGTERM stop all of them after their cell in progress
     comm = world()
     rank, size = comm.Get_rank(), comm.Get_size()
     out = Path(out_dir) if out_dir else landscape_dir(source)
@@ -225,7 +233,7 @@ def render_landscape(source: str, out_dir: str | None, settings: RenderSettings,
     if rank == 0:
         echo(f"landscape: {settings.steps}x{settings.steps} points on {len(y)} samples, {len(plan)} cells "
              f"({len(plan) - len(pending)} done), {size} rank(s)")
-    n_done = render_cells(evaluate, pending, cells_dir, settings.steps, settings.batch_points, rank, size, echo)
+    n_done = render_cells(evaluate, pending, cells_dir, settings.steps, settings.batch_points, rank, size, echo, comm)
     comm.Barrier()
     if rank != 0:
         return {"cells": n_done}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from shared import interrupts
 from shared.data import DataConfig, load_data
 from shared.errors import check
 from shared.experiment import default_out_dir, is_run_id
@@ -80,6 +81,7 @@ def sweep(targets: Sequence[Target], data_cfg: DataConfig, train_cfg: TrainConfi
                 elif r.data.tags.get("mlflow.parentRunId") == t.run_id:
                     partial_runs.setdefault(vid, r)
         for i, target in enumerate(targets):
+            interrupts.check()  # a safe point: between variants
             prefix = f"[{i + 1}/{len(targets)}] {target.vid}"
             if target.vid in done_runs:
                 rec = load_record(done_runs[target.vid])

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from shared import interrupts
 from shared.errors import UsageError
 from shared.metrics import topk_correct
 
@@ -332,6 +333,7 @@ def _sweep_sequence(plan, layers, checkpoints, X, y, batch_size, bn, X_bn, bn_bs
         _count_keep(plan, layers, pos, keep_layers, checkpoints, keys, X, y, batch_size, max_rows, counts)
     # BN re-estimation: per layer, statistics for every checkpoint from one pass over the training inputs
     for j in (j for j in order if j not in keep_layers):
+        interrupts.check()  # a safe point: between layers
         layer, p, name = seq[pos[j]], pos[j], layers[j].name
         stats = {k: {id(m): _BNStats.fresh(m) for m in downstream[j]} for k in keys}
         for i in range(0, len(X_bn), bn_bs):
@@ -350,6 +352,7 @@ def _count_keep(plan, layers, pos, order, checkpoints, keys, X, y, batch_size, m
     """Batch-outer loop: the activations entering each layer are computed once per batch, incrementally."""
     seq = plan.seq
     for i in range(0, len(X), batch_size):
+        interrupts.check()  # a safe point: between batches
         h, yb = plan.inputs(X[i:i + batch_size]), y[i:i + batch_size]
         cur = 0
         group = max(1, max_rows // len(h))
@@ -404,6 +407,7 @@ def _sweep_inplace(model, layers, checkpoints, X, y, batch_size, bn, X_bn, bn_bs
         saved_bn = [{k: v.clone() for k, v in b.state_dict().items()} for b in bns]
         try:
             for key, ck in checkpoints.items():
+                interrupts.check()  # a safe point: between (layer, checkpoint) evaluations
                 w, b = ck[ref.name]
                 m.weight.copy_(w)
                 if b is not None:

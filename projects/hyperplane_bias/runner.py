@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from shared import interrupts
 from shared.data import DATASETS, Data, DataConfig, load_data
 from shared.errors import UsageError, check
 from shared.experiment import default_out_dir, load_model_from, read_snapshot, run_ref, run_training
@@ -273,6 +274,7 @@ def projections(*, arch: str | None = None, dataset: str | None = None, load_fro
         out_dir = _results_dir(results, tr, "projections")
         docs = []
         for name, epoch, model, arch_name in items:
+            interrupts.check()  # a safe point: between snapshots
             stats = projection_statistics(model, normalize=normalize, walk=walk, with_linear=with_linear,
                                           init_state=init_state)
             doc = projections_document(stats, arch_name, dataset_label(ds, sub), epoch, seed)
@@ -296,6 +298,7 @@ def _projections_over_run(run: str, init_from: str | None, opts: dict, results: 
         out_dir = _results_dir(results, tr, "projections")
         docs = []
         for epoch, uri in snaps:
+            interrupts.check()  # a safe point: between snapshots
             loaded = load_trained(uri)
             cfg = loaded.data_config or {}
             stats = projection_statistics(loaded.model, init_state=init_state, **opts)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import typer
 
+from shared import interrupts
 from shared.errors import UsageError, check
 
 from .settings import _show
@@ -185,6 +186,7 @@ class Study:
         from shared.sweep.command import command_args, params_by_name
         from shared.tracking import Tracker
 
+        interrupts.check()  # a safe point: between study children
         words = [command] if isinstance(command, str) else list(command)
         project = project or self.project
         key = f"{name}-{_hash({'project': project, 'command': words, 'values': values}, 8)}"
@@ -220,8 +222,8 @@ class Study:
             rv = e.code
         finally:
             Tracker.default_tags, Tracker.child_experiment_id = old_tags, old_exp
-        if rv == 130:
-            raise KeyboardInterrupt
+        if rv in (130, 143):  # the child stopped at a safe point on Ctrl-C / SIGTERM: so does the study
+            raise interrupts.interrupted(interrupts.requested() or rv - 128)  # typer returns 130 for both
         if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
             raise UsageError(f"study child {name} (`{prog}`) exited with code {rv}; re-run the study to continue")
         after = self._child_runs(key)

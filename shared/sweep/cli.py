@@ -50,7 +50,9 @@ def register(app: typer.Typer) -> None:
         import optuna
         import typer.main
 
-        from .driver import Settings, Sweep, sigterm_as_interrupt
+        from shared import interrupts
+
+        from .driver import Settings, Sweep
 
         name = study or f"{key(project)}-{entry}-{Path(space).stem}"
         settings = Settings(project, entry, space, n_trials, name, storage, sampler, pruner, metric, direction, seed,
@@ -58,10 +60,10 @@ def register(app: typer.Typer) -> None:
         level = optuna.logging.get_verbosity()
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sw = Sweep(settings, typer.main.get_command(app))
+        interrupts.install()  # Ctrl-C / SIGTERM: the trial stops at its next safe point, is KILLED and queued again
         try:
-            with sigterm_as_interrupt():
-                sw.prepare()
-                sw.run()
+            sw.prepare()
+            sw.run()
         finally:
             sw.close()
             optuna.logging.set_verbosity(level)

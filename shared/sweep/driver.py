@@ -8,13 +8,13 @@ import math
 import os
 import re
 import shlex
-import signal
 import time
 import traceback
 from dataclasses import dataclass
 
 import typer
 
+from shared import interrupts
 from shared.errors import InvalidPoint, UsageError, check
 
 from .command import check_metric, check_space, command_args, first_line, fmt, params_by_name, resolve_command
@@ -50,56 +50,6 @@ class Settings:
 
 
 WAIT = object()  # _next_trial: nothing to take now, but the budget is not finished
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (schedulers, preemption) handled like Ctrl-C."""
-
-
-_received: list[str] = []  # the signals that interrupted this process (a command may re-raise its own interrupt)
-
-
-def _on_sigterm(signum, frame):
-    _received.append("SIGTERM")
-    raise Terminated()
-
-
-def _signal_name(e: BaseException) -> str:
-    return "SIGTERM" if isinstance(e, Terminated) or "SIGTERM" in _received else "SIGINT"
-
-
-class _deferred_signals:
-    """Inside: further SIGINT and SIGTERM are ignored (the worker is already stopping, and recording the
-    interrupted trial must finish)."""
-
-    def __enter__(self):
-        self._pending: list[int] = []
-        self._old = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._old[sig] = signal.signal(sig, lambda n, f: self._pending.append(n))
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread while inside."""
-    try:
-        old = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
 
 
 class Sweep:
@@ -296,10 +246,10 @@ class Sweep:
                 # distinct, reproducible streams per trial number, whichever worker runs it
                 number = len(self.study.get_trials(deepcopy=False))
                 self.study.sampler = self.sampler_factory(self.space, (self.s.seed * 1_000_003 + number) % 2**32)
-            with quiet_optuna():
+            with interrupts.critical(), quiet_optuna():  # a trial is asked for and beating, or not asked for
                 trial = self.study.ask(fixed_distributions=dict(self.space.distributions))
-            # a first heartbeat at once: a RUNNING trial that never sent one is never found stale
-            self.rdb.record_heartbeat(trial._trial_id)
+                # a first heartbeat at once: a RUNNING trial that never sent one is never found stale
+                self.rdb.record_heartbeat(trial._trial_id)
             return trial
 
     def _trial_runs(self, number: int) -> list:
@@ -335,8 +285,8 @@ class Sweep:
                     rv = t.command.main(args, prog_name=t.prog, standalone_mode=False)
                 except SystemExit as e:
                     rv = e.code
-                if rv == 130:
-                    raise KeyboardInterrupt
+                if rv in (130, 143):  # the command stopped at a safe point on Ctrl-C / SIGTERM
+                    raise interrupts.interrupted(interrupts.requested() or rv - 128)  # typer returns 130 for both
                 if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
                     out = Outcome("FAIL", error=f"`{t.prog}` exited with code {rv}")
         except ClickException as e:
@@ -376,7 +326,12 @@ class Sweep:
         return Outcome("COMPLETE", value=finite[-1] if s.objective == "last" else best)
 
     def finish_trial(self, trial, out: Outcome, interrupted: bool = False) -> None:
-        """Tell Optuna, tag the trial's MLflow runs; an interrupted trial's runs are KILLED and it is queued again."""
+        """Tell Optuna, tag the trial's MLflow runs; an interrupted trial's runs are KILLED and it is queued again.
+        A critical section: a signal never cuts the trial's state change."""
+        with interrupts.critical():
+            self._finish_trial(trial, out, interrupted)
+
+    def _finish_trial(self, trial, out: Outcome, interrupted: bool) -> None:
         import optuna
 
         state = optuna.trial.TrialState[out.state]
@@ -453,11 +408,11 @@ class Sweep:
                 try:
                     out = self.run_trial(trial)
                 except KeyboardInterrupt as e:
-                    with _deferred_signals():
-                        self.finish_trial(trial, Outcome("FAIL", error=f"interrupted ({_signal_name(e)})"),
-                                          interrupted=True)
+                    self.finish_trial(trial, Outcome("FAIL", error=f"interrupted ({interrupts.signal_name(e)})"),
+                                      interrupted=True)
                     raise
                 self.finish_trial(trial, out)
+                interrupts.check()  # a safe point: between trials
                 if out.fatal:
                     raise UsageError(f"trial {trial.number} failed: {out.error}; the sweep stopped")
                 invalid = invalid + 1 if out.invalid else 0
@@ -487,6 +442,10 @@ class Sweep:
                         os.environ[k] = v
 
     def _end(self, error: BaseException | None) -> None:
+        with interrupts.critical():
+            self._close_parent(error)
+
+    def _close_parent(self, error: BaseException | None) -> None:
         import mlflow
 
         with self.lock.hold():

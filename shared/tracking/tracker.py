@@ -4,7 +4,8 @@
   it geomlab's default name unless ``mlflow run --run-name`` named it).
 - Metrics are buffered and written in batches (one database transaction per flush, not per value); the buffer is
   emptied only after a successful write, and flushed again when the run ends, interrupted or not.
-- Ctrl-C and SIGTERM end the run KILLED, an error FAILED; every failure of the store is a one-line UsageError.
+- Ctrl-C and SIGTERM end the run KILLED, an error FAILED; opening a run, every MLflow batch and closing the run are
+  critical sections (:func:`shared.interrupts.critical`): a signal never cuts them; every failure of the store is a one-line UsageError.
 - ``Tracker(enabled=False)`` does nothing: MPI ranks other than 0, benchmarks of the bare loop.
 """
 from __future__ import annotations
@@ -17,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from shared import interrupts
 from shared.errors import UsageError
 
 from .artifacts import _link_into, _local_artifact_dir
 from .errors import _cause, artifact_error, store_error
 from .inputs import data_inputs
 from .naming import _flat, _generated_name, default_run_name
-from .signals import install_sigterm_handler
 from .store import configure_tracking, experiment_for, git_commit, prepare_store, retry_busy
 
 
@@ -59,7 +60,7 @@ class Tracker:
         The run goes to ``experiment``, else the user's MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID, else the
         project's experiment; without ``run_name`` it gets :func:`default_run_name`.
         """
-        install_sigterm_handler()
+        interrupts.install()
         if not self.enabled:
             yield self
             return
@@ -79,48 +80,61 @@ class Tracker:
                     **Tracker.default_tags, **(tags or {})}
         name = run_name or self._name_for(entry_point, params, all_tags)
         sysm = system_metrics if system_metrics is not None else Tracker.system_metrics
-        try:
-            if attach:  # nested when another run is active (a sweep's parent)
-                prepare_store(uri=uri)
-                run = mlflow.start_run(run_id=attach, nested=mlflow.active_run() is not None,
-                                       log_system_metrics=sysm)
-                if run_name or (not self.reopen and _generated_name(run.info.run_name)):
-                    mlflow.MlflowClient().update_run(run.info.run_id, name=name)
-            else:
-                env_name, env_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
-                if Tracker.child_experiment_id and not experiment:
-                    prepare_store(uri=uri)
-                    eid = Tracker.child_experiment_id
-                elif experiment or env_name or not env_id:
-                    eid = prepare_store(experiment or env_name or experiment_for(project), uri=uri)
-                else:
-                    prepare_store(uri=uri)
-                    eid = env_id
-                nested = mlflow.active_run() is not None and parent_run_id is None
-                run = retry_busy(lambda: mlflow.start_run(
-                    experiment_id=eid, run_name=name, parent_run_id=parent_run_id, nested=nested,
-                    log_system_metrics=sysm))
-        except UsageError:
-            raise
-        except Exception as e:  # unreachable server, unwritable store, ...
-            raise store_error(e, "opening a run", uri) from None
-        self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
-        self.artifact_uri = run.info.artifact_uri
+        opened = False
         status = "FINISHED"
         try:
+            with interrupts.critical():  # a run, once opened, is always closed (the try's finally)
+                try:
+                    run = self._open(mlflow, uri, attach, name, experiment, project, parent_id=parent_run_id,
+                                     sysm=sysm, run_name=run_name)
+                except UsageError:
+                    raise
+                except Exception as e:  # unreachable server, unwritable store, ...
+                    raise store_error(e, "opening a run", uri) from None
+                opened = True
+                self.run_id, self.experiment_id = run.info.run_id, run.info.experiment_id
+                self.artifact_uri = run.info.artifact_uri
             self._check_artifact_root()
             self.set_tags(all_tags)
             if params:
                 self.log_params(params)
             yield self
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM (Terminated)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM (shared.interrupts.Interrupted)
             status = "KILLED"
             raise
         except BaseException:
             status = "FAILED"
             raise
         finally:
-            self._close(status)
+            if opened:
+                with interrupts.critical():
+                    self._close(status)
+
+    def _open(self, mlflow, uri: str, attach: str | None, name: str, experiment: str | None, project: str, *,
+              parent_id: str | None, sysm: bool | None, run_name: str | None):
+        """Start (or attach to) the MLflow run: inside a critical section of :meth:`start`."""
+        parent_run_id = parent_id
+        if attach:  # nested when another run is active (a sweep's parent)
+            prepare_store(uri=uri)
+            run = mlflow.start_run(run_id=attach, nested=mlflow.active_run() is not None,
+                                   log_system_metrics=sysm)
+            if run_name or (not self.reopen and _generated_name(run.info.run_name)):
+                mlflow.MlflowClient().update_run(run.info.run_id, name=name)
+        else:
+            env_name, env_id = os.environ.get("MLFLOW_EXPERIMENT_NAME"), os.environ.get("MLFLOW_EXPERIMENT_ID")
+            if Tracker.child_experiment_id and not experiment:
+                prepare_store(uri=uri)
+                eid = Tracker.child_experiment_id
+            elif experiment or env_name or not env_id:
+                eid = prepare_store(experiment or env_name or experiment_for(project), uri=uri)
+            else:
+                prepare_store(uri=uri)
+                eid = env_id
+            nested = mlflow.active_run() is not None and parent_run_id is None
+            run = retry_busy(lambda: mlflow.start_run(
+                experiment_id=eid, run_name=name, parent_run_id=parent_run_id, nested=nested,
+                log_system_metrics=sysm))
+        return run
 
     def _name_for(self, entry_point: str, params: dict | None, tags: dict) -> str:
         extra = {}
@@ -184,8 +198,9 @@ class Tracker:
             client = MlflowClient()
             existing = client.get_run(self.run_id).data.params
             new = [Param(k, v) for k, v in flat.items() if k not in existing]
-            for s in range(0, len(new), 100):
-                retry_busy(lambda: client.log_batch(self.run_id, params=new[s:s + 100], synchronous=True))
+            with interrupts.critical():
+                for s in range(0, len(new), 100):
+                    retry_busy(lambda: client.log_batch(self.run_id, params=new[s:s + 100], synchronous=True))
         except Exception as e:  # noqa: BLE001
             raise store_error(e, "logging params") from None
 
@@ -195,8 +210,9 @@ class Tracker:
             from mlflow.tracking import MlflowClient
 
             try:
-                retry_busy(lambda: MlflowClient().log_batch(
-                    self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True))
+                with interrupts.critical():
+                    retry_busy(lambda: MlflowClient().log_batch(
+                        self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()], synchronous=True))
             except Exception as e:  # noqa: BLE001
                 raise store_error(e, "setting tags") from None
 
@@ -225,14 +241,16 @@ class Tracker:
         while self._buffer:
             batch = self._buffer[:1000]
             try:
-                retry_busy(lambda: client.log_batch(self.run_id, metrics=batch, synchronous=True))
+                with interrupts.critical():  # the batch is written and leaves the buffer, or neither
+                    retry_busy(lambda: client.log_batch(self.run_id, metrics=batch, synchronous=True))
+                    del self._buffer[:len(batch)]
             except Exception as e:  # noqa: BLE001
                 raise store_error(e, "logging metrics") from None
-            del self._buffer[:len(batch)]
 
     def _artifact(self, what: str, fn) -> None:
         try:
-            fn()
+            with interrupts.critical():
+                fn()
         except UsageError:
             raise
         except Exception as e:  # noqa: BLE001

@@ -79,7 +79,7 @@ def test_sigterm_marks_runs_killed_and_requeues_the_trial_at_once(tmp_path):
     proc, log = _start(tmp_path, _cmd(tmp_path, space, 2))
     _wait_for_trial_run(tmp_path, log, proc, 0)
     os.killpg(proc.pid, signal.SIGTERM)
-    assert proc.wait(timeout=120) == 130, log.read_text()
+    assert proc.wait(timeout=120) == 143, log.read_text()
     out = log.read_text()
     assert "Traceback" not in out, out
     study = _study(tmp_path)

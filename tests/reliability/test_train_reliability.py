@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 
 from shared.files import load_snapshot
 
@@ -52,14 +53,14 @@ def _runs():
 def test_kill9_rerun_continues_the_same_run_and_changed_options_are_refused(mlflow_store, cli, tmp_path):
     out = tmp_path / "out"
     snaps = out / "snapshots"
-    args = ("--epochs", "6", "--out-dir", str(out))
+    args = ("--epochs", "6", "--out-dir", str(out), "--keep-resume-every", "2")  # epoch_002 resumes below
     proc = _start(*args)
     _wait_for(snaps / "epoch_002.pt", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (killed,) = _runs()
     assert killed.info.status == "RUNNING"  # kill -9: nobody closed it
-    first = {p.name: p.stat().st_mtime_ns for p in snaps.glob("epoch_*.pt")}
+    first = {p.name: load_snapshot(p)["model_state_dict"] for p in snaps.glob("epoch_*.pt")}
     assert "epoch_006.pt" not in first
 
     # 11.3: the same command again continues the killed run, from its newest snapshot, in the same MLflow run
@@ -70,8 +71,13 @@ def test_kill9_rerun_continues_the_same_run_and_changed_options_are_refused(mlfl
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     steps = {m.step for m in mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "train_loss")}
     assert steps == set(range(1, 7))
-    for name, mtime in first.items():  # nothing written before the kill was rewritten
-        assert (snaps / name).stat().st_mtime_ns == mtime, name
+    for name, weights in first.items():  # no weights written before the kill changed (older ones only slimmed)
+        again = load_snapshot(snaps / name)
+        assert again["model_state_dict"].keys() == weights.keys(), name
+        assert all(torch.equal(again["model_state_dict"][k], v) for k, v in weights.items()), name
+    # the resume state (optimizer, RNG) is kept by the newest snapshot and every --keep-resume-every'th only
+    kept = {e: "optimizer_state_dict" in load_snapshot(snaps / f"epoch_{e:03d}.pt") for e in range(1, 7)}
+    assert kept == {1: False, 2: True, 3: False, 4: True, 5: False, 6: True}, kept
     assert load_snapshot(snaps / "epoch_006.pt")["run_id"] == run.info.run_id
 
     # other options in the same --out-dir: refused, naming both ways out; nothing overwritten, no run opened

@@ -84,7 +84,7 @@ def test_bf16_mixed_changes_the_arithmetic_and_fp32_stays_the_default(tmp_path):
 
 
 def test_resume_overrides_take_effect(tmp_path):
-    cfg = TrainConfig(epochs=2, lr=0.05, lr_step=1, lr_decay=0.5, snapshot_every=1, seed=3)
+    cfg = TrainConfig(epochs=2, lr=0.05, lr_step=1, lr_decay=0.5, snapshot_every=1, seed=3, keep_resume_every=1)
     m, d = _fresh()
     Trainer(m, d, cfg, out_dir=tmp_path / "a", progress=False).fit()
     snap = str(tmp_path / "a/snapshots/epoch_001.pt")
