@@ -89,3 +89,21 @@ def copy_store(template: Path, db: Path) -> Path:
                     (str(db.parent / "mlruns" / "0"),))
         con.commit()
     return db
+
+
+def store_runs(db: Path) -> list[tuple]:
+    """(run id, status, name) of every run in a SQLite MLflow store, read directly (no MLflow client to start)."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("select run_uuid, status, name from runs").fetchall()
+    finally:
+        con.close()
+
+
+def store_steps(db: Path, run_id: str, key: str = "train_loss") -> list[int]:
+    """The sorted steps at which ``run_id`` logged ``key`` (repeats kept: a step logged twice shows twice)."""
+    con = sqlite3.connect(db)
+    try:
+        return sorted(s for (s,) in con.execute("select step from metrics where run_uuid=? and key=?", (run_id, key)))
+    finally:
+        con.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from helpers import store_runs, store_steps
 
 from shared import interrupts
 from shared.files import load_snapshot
@@ -46,22 +46,6 @@ def _env(tmp: Path, **extra: str) -> dict:
 def _sigint_default() -> None:
     """preexec_fn: a pytest-xdist worker ignores SIGINT, and its children would inherit that; give the default back."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _runs(db: Path) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("select run_uuid, status, name from runs").fetchall()
-    finally:
-        con.close()
-
-
-def _steps(db: Path, run_id: str, key: str = "train_loss") -> list[int]:
-    con = sqlite3.connect(db)
-    try:
-        return sorted(s for (s,) in con.execute("select step from metrics where run_uuid=? and key=?", (run_id, key)))
-    finally:
-        con.close()
 
 
 def _clean_stderr(err: str) -> None:
@@ -153,7 +137,7 @@ def _check_training_kept(tmp_path: Path, code: int, res, min_epoch: int) -> list
     _clean_stderr(res.stderr)
     assert "stop requested" in res.stderr and "interrupted (" in res.stderr, res.stderr[-2000:]
     db = tmp_path / "mlflow.db"
-    ((run_id, status, _),) = _runs(db)
+    ((run_id, status, _),) = store_runs(db)
     assert status == "KILLED"
     snaps = sorted((tmp_path / "out" / "snapshots").glob("epoch_*.pt"))
     assert not list((tmp_path / "out" / "snapshots").glob(".*.tmp"))  # no half-written file left
@@ -163,7 +147,7 @@ def _check_training_kept(tmp_path: Path, code: int, res, min_epoch: int) -> list
     assert "optimizer_state_dict" in newest  # the newest one can resume
     done = [h["epoch"] for h in newest["history"]]
     assert done == list(range(1, len(done) + 1)) and len(done) >= min_epoch
-    assert _steps(db, run_id) == done  # logged once each: none lost, none twice
+    assert store_steps(db, run_id) == done  # logged once each: none lost, none twice
     return done
 
 
@@ -319,10 +303,10 @@ def test_random_sigterms_into_training_lose_nothing_and_resume_bit_identical(tmp
                              slow_write=0.002)
     assert sum(t["rc"] == 143 for t in out) >= 4, out  # most tries were cut somewhere: the test is not vacuous
     db = tmp_path / "mlflow.db"
-    runs = {name: (rid, status) for rid, status, name in _runs(db)}
+    runs = {name: (rid, status) for rid, status, name in store_runs(db)}
     (rid, status), = [v for k, v in runs.items() if v[0] != _ref_run(tmp_path)]
     assert status == "FINISHED"  # the same run continued by every try, closed by the last one
-    assert _steps(db, rid) == list(range(1, epochs + 1))  # each epoch logged once: none lost, none twice
+    assert store_steps(db, rid) == list(range(1, epochs + 1))  # each epoch logged once: none lost, none twice
     snaps = tmp_path / "out" / "snapshots"
     assert sorted(p.name for p in snaps.glob("epoch_*.pt")) == [f"epoch_{e:03d}.pt" for e in range(epochs + 1)]
     assert not list(snaps.glob(".*.tmp"))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import copy_store
+from helpers import copy_store, store_runs, store_steps
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--arch", "lenet_small", "--dataset", "digits", "--width", "4"]
@@ -45,22 +45,6 @@ def _geomlab(*args) -> list[str]:
     return [sys.executable, "-m", "shared.cli", *map(str, args)]
 
 
-def _runs(db: Path) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("select run_uuid, status, name from runs").fetchall()
-    finally:
-        con.close()
-
-
-def _steps(db: Path, run_id: str, key: str = "train_loss") -> list[int]:
-    con = sqlite3.connect(db)
-    try:
-        return sorted(s for (s,) in con.execute("select step from metrics where run_uuid=? and key=?", (run_id, key)))
-    finally:
-        con.close()
-
-
 def _one_line(stderr: str, *needles: str) -> None:
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
@@ -81,7 +65,7 @@ def test_concurrent_starts_on_a_fresh_sqlite_store_all_succeed(tmp_path, n):
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    runs = _runs(tmp_path / "mlflow.db")
+    runs = store_runs(tmp_path / "mlflow.db")
     assert len(runs) == n and {s for _, s, _ in runs} == {"FINISHED"}
     assert len({name for *_, name in runs}) == n  # seeds differ: so do the default names
 
@@ -96,8 +80,8 @@ def _wait_for_epoch(db: Path, proc, timeout: float = 300) -> str:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         if db.exists():
             try:
-                for run_id, _, _ in _runs(db):
-                    if _steps(db, run_id):
+                for run_id, _, _ in store_runs(db):
+                    if store_steps(db, run_id):
                         return run_id
             except sqlite3.OperationalError:
                 pass
@@ -116,13 +100,13 @@ def test_signal_marks_the_run_killed(tmp_path, sig, code):
     _, err = p.communicate(timeout=120)
     assert p.returncode == code, err[-3000:]
     assert "Traceback" not in err and "interrupted" in err
-    ((rid, status, _),) = _runs(db)
+    ((rid, status, _),) = store_runs(db)
     assert rid == run_id and status == "KILLED"
     from shared.files import load_snapshot
 
     newest = sorted((tmp_path / "out" / "snapshots").glob("epoch_*.pt"))[-1]
     done = [h["epoch"] for h in load_snapshot(newest)["history"]]
-    assert set(done) <= set(_steps(db, run_id))  # every epoch with a snapshot has its metrics
+    assert set(done) <= set(store_steps(db, run_id))  # every epoch with a snapshot has its metrics
 
 
 INTERRUPT_IN_LOG_BATCH = r"""
@@ -149,13 +133,13 @@ def test_interrupt_during_log_batch_loses_no_epoch(tmp_path):
                           "1", "--out-dir", str(tmp_path / "out")], cwd=tmp_path, env=_env(tmp_path),
                          capture_output=True, text=True, timeout=300, preexec_fn=_sigint_default)
     assert res.returncode == 130, res.stderr[-3000:]
-    ((run_id, status, _),) = _runs(db)
+    ((run_id, status, _),) = store_runs(db)
     assert status == "KILLED"
     from shared.files import load_snapshot
 
     newest = sorted((tmp_path / "out" / "snapshots").glob("epoch_*.pt"))[-1]
     done = [h["epoch"] for h in load_snapshot(newest)["history"]]
-    assert 2 in done and _steps(db, run_id) == done  # epoch 2's metrics were being written: kept, none twice
+    assert 2 in done and store_steps(db, run_id) == done  # epoch 2's metrics were being written: kept, none twice
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -212,7 +196,7 @@ def test_read_only_tracking_store_folder(tmp_path, can_mount, _template_store):
     assert res.returncode == 2, res.stderr[-3000:]
     _one_line(res.stderr, str(store), "Read-only file system")
     assert "ERROR" not in res.stderr and hashlib.sha256(db.read_bytes()).hexdigest() == digest
-    assert len(_runs(db)) == 1
+    assert len(store_runs(db)) == 1
 
 
 def test_read_only_artifact_root(tmp_path, can_mount):
@@ -221,5 +205,5 @@ def test_read_only_artifact_root(tmp_path, can_mount):
                          env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr[-3000:]
     _one_line(res.stderr, str(tmp_path / "mlruns"), "Read-only file system")
-    ((_, status, _),) = _runs(tmp_path / "mlflow.db")
+    ((_, status, _),) = store_runs(tmp_path / "mlflow.db")
     assert status == "FAILED"
