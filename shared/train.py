@@ -579,6 +579,9 @@ class Trainer:
 
     def fit(self, resume_from: str | dict | None = None, overrides: Iterable[str] = ()) -> FitResult:
         cfg = self.cfg
+        if self.out_dir is not None:  # the half-written temporary files that a kill -9 left behind a snapshot write
+            for tmp in (self.out_dir / "snapshots").glob(".epoch_*.pt.*.tmp"):
+                tmp.unlink(missing_ok=True)
         if resume_from:
             self.resume(resume_from, overrides)
         elif cfg.snapshot_init and self.epoch == 0:
