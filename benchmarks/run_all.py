@@ -19,6 +19,7 @@ SCRIPTS = [  # (group, script, args, extra environment)
     ("shared", "shared/bench_fashion_mnist_accuracy.py", [], {}),
     ("shared", "shared/bench_cli_startup.py", ["--repeats", "5"], {}),
     ("shared", "shared/bench_digits_cache.py", ["--repeats", "5"], {}),
+    ("shared", "shared/bench_snapshot_disk.py", [], ONE_THREAD),
     ("cone_geometry", "cone_geometry/bench_nesting.py", ["--repeats", "5"], ONE_THREAD),
     ("cone_geometry", "cone_geometry/bench_mpi.py", ["--repeats", "3"], {}),
     ("hyperplane_bias", "hyperplane_bias/bench_reinit.py", [], ONE_THREAD),
