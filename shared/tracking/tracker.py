@@ -5,7 +5,8 @@
 - Metrics are buffered and written in batches (one database transaction per flush, not per value); the buffer is
   emptied only after a successful write, and flushed again when the run ends, interrupted or not.
 - Ctrl-C and SIGTERM end the run KILLED, an error FAILED; opening a run, every MLflow batch and closing the run are
-  critical sections (:func:`shared.interrupts.critical`): a signal never cuts them; every failure of the store is a one-line UsageError.
+  critical sections (:func:`shared.interrupts.critical`): a signal never cuts them; every failure of the store is a
+  one-line UsageError.
 - ``Tracker(enabled=False)`` does nothing: MPI ranks other than 0, benchmarks of the bare loop.
 """
 from __future__ import annotations
@@ -85,7 +86,7 @@ class Tracker:
         try:
             with interrupts.critical():  # a run, once opened, is always closed (the try's finally)
                 try:
-                    run = self._open(mlflow, uri, attach, name, experiment, project, parent_id=parent_run_id,
+                    run = self._open(mlflow, uri, attach, name, experiment, project, parent_run_id=parent_run_id,
                                      sysm=sysm, run_name=run_name)
                 except UsageError:
                     raise
@@ -111,9 +112,8 @@ class Tracker:
                     self._close(status)
 
     def _open(self, mlflow, uri: str, attach: str | None, name: str, experiment: str | None, project: str, *,
-              parent_id: str | None, sysm: bool | None, run_name: str | None):
+              parent_run_id: str | None, sysm: bool | None, run_name: str | None):
         """Start (or attach to) the MLflow run: inside a critical section of :meth:`start`."""
-        parent_run_id = parent_id
         if attach:  # nested when another run is active (a sweep's parent)
             prepare_store(uri=uri)
             run = mlflow.start_run(run_id=attach, nested=mlflow.active_run() is not None,
