@@ -14,6 +14,8 @@ Shared options (:class:`DataConfig`), applied in this order:
    proportions); the validation part is evaluated with test-time transforms and clean labels;
 3. label noise (``noise`` in [0, 1]): each training-split label is corrupted with probability ``noise`` (seeded by
    ``noise_seed``); a corrupted label always differs from the true one: (y + k) mod K, k uniform in 1..K-1;
+   random labels (``random_labels``): every training-split label is replaced by one drawn uniformly from the K
+   classes, independent of the image (Zhang et al.'s control: no learnable signal is left), seeded by ``noise_seed``;
 4. pixel shuffle (``pixel_shuffle``): each training-split sample gets its own fixed permutation of pixel positions
    (any image size), applied after augmentation and normalization, identically across channels;
 5. augmentation (random crop with padding, horizontal flip) on training batches, as batched tensor ops;
@@ -48,6 +50,7 @@ class DataConfig:
     eval_batch_size: int = 1000
     noise: float = 0.0
     noise_seed: int = 0
+    random_labels: bool = False
     pixel_shuffle: bool = False
     subsample_classes: int = 0
     class_sample_seed: int = 42
@@ -154,6 +157,11 @@ def corrupt_labels(y: torch.Tensor, num_classes: int, fraction: float, seed: int
     return noisy, mask
 
 
+def random_labels(n: int, num_classes: int, seed: int) -> torch.Tensor:
+    """``n`` labels drawn uniformly from ``0..num_classes-1``, independent of anything else (seeded)."""
+    return torch.from_numpy(np.random.RandomState(seed).randint(0, num_classes, size=n)).long()
+
+
 def _prepare_images(x: torch.Tensor, cfg: DataConfig) -> torch.Tensor:
     if x.dim() != 4:
         return x
@@ -183,8 +191,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> Data:
             names = [names[k] for k in keep] if names else names
             num_classes = len(keep)
             info["classes_kept"] = keep
-    elif cfg.noise or cfg.subsample_classes or cfg.pixel_shuffle:
-        raise UsageError(f"--noise, --pixel-shuffle and --subsample-classes apply to classification sets, "
+    elif cfg.noise or cfg.subsample_classes or cfg.pixel_shuffle or cfg.random_labels:
+        raise UsageError(f"--noise, --random-labels, --pixel-shuffle and --subsample-classes apply to classification sets, "
                          f"not to the regression set {cfg.dataset}")
     if cfg.train_fraction < 1.0:
         keep_n = max(1, int(round(len(tr.y) * cfg.train_fraction)))
@@ -201,6 +209,8 @@ def load_data(cfg: DataConfig, seed: int = 0) -> Data:
     if cfg.noise > 0:
         y_tr, mask = corrupt_labels(y_tr, num_classes, cfg.noise, cfg.noise_seed)
         info["noisy_labels"] = int(mask.sum())
+    if cfg.random_labels:
+        y_tr = random_labels(len(y_tr), num_classes, cfg.noise_seed)
     perms = None
     if cfg.pixel_shuffle:
         check(x_tr.dim() == 4, "--pixel-shuffle needs image data")

@@ -70,7 +70,9 @@ EVAL_BATCH_SIZE = _O("eval_batch_size", int, "Batch size of evaluation passes.",
 NOISE = _O("noise", float, "Fraction of training labels corrupted, in [0, 1]; a corrupted label always differs "
            "from the true one (hyperplane-bias also reads a negative value as --pixel-shuffle, the original's "
            "convention).", 0.0, ("--noise", "--noisy"))
-NOISE_SEED = _O("noise_seed", int, "Seed of the label noise and the pixel shuffle.", 0)
+NOISE_SEED = _O("noise_seed", int, "Seed of the label noise, the random labels and the pixel shuffle.", 0)
+RANDOM_LABELS = _O("random_labels", bool, "Replace every training label by one drawn uniformly from all classes, "
+                   "independent of the image (a control without learnable signal).", False)
 PIXEL_SHUFFLE = _O("pixel_shuffle", bool, "Shuffle the pixels of each training image with its own fixed "
                    "permutation.", False)
 SUBSAMPLE_CLASSES = _O("subsample_classes", int, "Keep only this many classes (0: all), the same in every split "
@@ -143,7 +145,7 @@ RUN = _O("run", Optional[str], "An MLflow run (id or runs:/<id>) whose logged sn
          "reads.")
 FRESH = _O("fresh", bool, "Start over: ignore the finished work of an earlier run of the same command.", False)
 
-DATA = (DATASET, DATA_PATH, BATCH_SIZE, NOISE, NOISE_SEED, PIXEL_SHUFFLE, SUBSAMPLE_CLASSES, CLASS_SAMPLE_SEED, SPLIT,
+DATA = (DATASET, DATA_PATH, BATCH_SIZE, NOISE, NOISE_SEED, RANDOM_LABELS, PIXEL_SHUFFLE, SUBSAMPLE_CLASSES, CLASS_SAMPLE_SEED, SPLIT,
         STRATIFIED, SPLIT_SEED, TRAIN_FRACTION, AUGMENTATION, NORMALIZE, SHUFFLE, VERIFY_CHECKSUMS, DOWNLOAD)
 TRAIN = (EPOCHS, OPTIMIZER, LR, MOMENTUM, WEIGHT_DECAY, LR_STEP, LR_DECAY, SEED, SNAPSHOT_EVERY, SNAPSHOT_ALL_UNTIL,
          KEEP_RESUME_EVERY, TRAIN_ACC, DEVICE, PRECISION, CHANNELS_LAST, RESUME_FROM, RESUME_OVERRIDE, FRESH,
@@ -244,5 +246,5 @@ def with_compute(cfg, values: dict):
 
 
 #: The data options a project's own data-config builder does not take; commands apply them on top of it.
-EXTRA_DATA = ("pixel_shuffle", "subsample_classes", "class_sample_seed", "split", "stratified", "split_seed",
+EXTRA_DATA = ("random_labels", "pixel_shuffle", "subsample_classes", "class_sample_seed", "split", "stratified", "split_seed",
               "train_fraction", "shuffle")

@@ -90,8 +90,8 @@ def _configs(o: dict):
                             batch_size=o["batch_size"], split=o["split"], split_seed=o["split_seed"],
                             train_fraction=o["train_fraction"], subsample_classes=o["subsample_classes"],
                             verify_checksums=o["verify_checksums"], download=o["download"])
-    dcfg = opt.data_config(o, base=dcfg, only=("noise", "noise_seed", "pixel_shuffle", "class_sample_seed",
-                                               "stratified", "shuffle"))
+    dcfg = opt.data_config(o, base=dcfg, only=("noise", "noise_seed", "random_labels", "pixel_shuffle",
+                                               "class_sample_seed", "stratified", "shuffle"))
     dcfg.validate()
     tcfg = opt.with_compute(make_train_config(epochs=o["epochs"], lr=o["lr"], momentum=o["momentum"],
                                               weight_decay=o["weight_decay"], nesterov=o["nesterov"],

@@ -13,9 +13,11 @@ continues it:
   so that it holds the whole training history (analyses read ``--run <id>``); the earlier run is closed as KILLED;
 * any other interrupted child (an analysis) is run again.
 
-The report (:class:`Report`) holds the settings, the child runs, each claim quoted from the paper's README or poster
-with the statistic that tests it, the measured value with its spread and a verdict computed by an explicit rule, and
-the figures; it is written as ``report/report.md`` and ``report/report.html`` (figures embedded as base64 PNG, so that
+The report (:class:`Report`) holds the settings, the hardware, the paper's central claims (:class:`Paper`, kept in the
+project's study module) and which of them are tested, the child runs, each claim with the statistic that tests it,
+the measured value with its spread, its null (the same statistic where the claim's cause is absent, measured in the
+same study), the design's preconditions (a failed one makes the claim "not tested") and a verdict computed by an
+explicit rule, and the figures; it is written as ``report/report.md`` and ``report/report.html`` (figures embedded as base64 PNG, so that
 the MLflow UI's artifact view shows it whole) plus ``report/study.json`` and ``report/figures/*.png``.
 
 Modules: ``settings`` (a study's settings, presets and their parsing), ``command`` (the ``study`` command of a project),
@@ -27,15 +29,16 @@ from __future__ import annotations
 
 from .command import register_study
 from .driver import ChildRun, Study, resolve_cli
-from .report import (FAILS, HOLDS, INCONCLUSIVE, SEEDS_DIR, Claim, Report, fmt_spread, mean_ci, quote_in_seed, spearman,
-                     verdict_by_interval, verdict_by_p)
+from .report import (FAILS, HOLDS, INCONCLUSIVE, NOT_TESTED, VERDICTS, Claim, Paper, PaperClaim, Precondition, Report,
+                     fmt_spread, mean_ci, spearman, verdict_by_interval, verdict_by_p, verdict_vs_null)
 from .settings import (DATASET_SETTINGS, SCALE_HELP, SCALES, SEEDS_HELP, _show, presets_table, resolve_settings,
                        setting)
 
 __all__ = [
-    "DATASET_SETTINGS", "FAILS", "HOLDS", "INCONCLUSIVE", "SCALES", "SCALE_HELP", "SEEDS_DIR", "SEEDS_HELP", "ChildRun",
-    "Claim", "Report", "Study", "fmt_spread", "mean_ci", "presets_table", "quote_in_seed", "register_study",
-    "resolve_cli", "resolve_settings", "setting", "spearman", "verdict_by_interval", "verdict_by_p",
+    "DATASET_SETTINGS", "FAILS", "HOLDS", "INCONCLUSIVE", "NOT_TESTED", "SCALES", "SCALE_HELP", "SEEDS_HELP", "VERDICTS",
+    "ChildRun", "Claim", "Paper", "PaperClaim", "Precondition", "Report", "Study", "fmt_spread", "mean_ci",
+    "presets_table", "register_study", "resolve_cli", "resolve_settings", "setting", "spearman", "verdict_by_interval",
+    "verdict_by_p", "verdict_vs_null",
     # private helpers that tests import from here
     "_show",
 ]

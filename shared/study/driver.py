@@ -87,6 +87,7 @@ class Study:
         self.client = None
         self.out_dir: Path | None = None
         self.trained_children = 0  # children that ran now (not reused)
+        self.hardware: dict[str, str] = {}  # shared.hardware.describe(): tagged hw.* on the parent, shown in the report
 
     # -- the parent --------------------------------------------------------------------------------------------
     def _find_parent(self) -> str | None:
@@ -132,9 +133,13 @@ class Study:
         name = self.run_name or (self.client.get_run(existing).info.run_name if existing
                                  else f"study-{self.project}-{self.scale}")  # continued: the name stays
         t0 = time.perf_counter()
+        from shared.hardware import describe
+
+        self.hardware = describe(getattr(self.settings, "device", "auto"))
         with tracker.start(self.project, "study", run_name=name,
                            params={"study.scale": self.scale, **{f"study.{k}": _show(v) for k, v in settings.items()}},
-                           tags={"study_key": self.key, "study_scale": self.scale}) as t:
+                           tags={"study_key": self.key, "study_scale": self.scale,
+                                 **{f"hw.{k}": v for k, v in self.hardware.items()}}) as t:
             self.parent_id, self.experiment_id = t.run_id, t.experiment_id
             self.out_dir = ensure_writable_dir(default_out_dir(self.project, f"study-{t.run_id}"))
             _echo(f"{self.project} study at scale {self.scale}: parent run {t.run_id}"
@@ -286,6 +291,7 @@ class Study:
             pngs[name] = p.read_bytes()
         report.settings = dataclasses.asdict(self.settings)
         report.children = self.children
+        report.hardware = {**self.hardware, **report.hardware}  # a project adds what it chose (e.g. the precision)
         paths = {"md": out / "report.md", "html": out / "report.html", "json": out / "study.json"}
         md = report.markdown()
         atomic_write(paths["md"], lambda tmp: Path(tmp).write_text(md))
@@ -298,6 +304,8 @@ class Study:
         client.log_artifacts(self.parent_id, str(figs), "report/figures")
         for c in report.claims:
             client.set_tag(self.parent_id, f"verdict.{c.name}", c.verdict)
+        for k, v in report.hardware.items():
+            client.set_tag(self.parent_id, f"hw.{k}", v)
         mlflow.log_metrics({f"claim_{c.name}": c.value for c in report.claims if c.value is not None
                             and math.isfinite(c.value)})
         _echo(f"report: {paths['html']} (also runs:/{self.parent_id}/report/report.html)")

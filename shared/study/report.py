@@ -7,10 +7,8 @@ import base64
 import dataclasses
 import html
 import math
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .settings import _show
@@ -18,25 +16,106 @@ from .settings import _show
 if TYPE_CHECKING:
     from .driver import ChildRun
 
-#: where the papers' READMEs and poster text live (quoted claims are checked against them by the tests)
-SEEDS_DIR = Path(os.environ.get("GEOMLAB_SEEDS_DIR", "/work/shared/seeds"))
+
+HOLDS, FAILS, INCONCLUSIVE, NOT_TESTED = "holds", "does not hold", "inconclusive at this scale", "not tested"
+VERDICTS = (HOLDS, FAILS, INCONCLUSIVE, NOT_TESTED)
 
 
-HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive at this scale"
+@dataclass(frozen=True)
+class PaperClaim:
+    """One central claim of the paper, kept in the repository: where the paper makes it, the sentence quoted, and the
+    report's claims that test it (none: ``why_not`` says why this study does not)."""
+
+    name: str
+    where: str  # section, figure or poster panel
+    quote: str  # verbatim
+    tested_by: tuple[str, ...] = ()
+    why_not: str = ""
+
+
+@dataclass(frozen=True)
+class Paper:
+    """The paper a study reproduces: its reference and its central claims."""
+
+    reference: str  # authors, title, venue, year
+    claims: tuple[PaperClaim, ...]
+
+    def claim(self, name: str) -> PaperClaim:
+        return next(c for c in self.claims if c.name == name)
+
+
+@dataclass
+class Precondition:
+    """A check of the study's own design that a verdict needs (a student that mimics its teacher, a loss that fell,
+    a control without signal): where it fails, the claim is "not tested", never holds or fails."""
+
+    name: str
+    measured: str
+    rule: str
+    ok: bool
+
+    def text(self) -> str:
+        return f"{self.name}: {self.measured} ({self.rule}) {'ok' if self.ok else 'FAILED'}"
 
 
 @dataclass
 class Claim:
-    """One claim of the paper, the statistic that tests it, what was measured and the verdict of the stated rule."""
+    """One claim tested: the statistic, what was measured, its null (the same statistic where the claim's cause is
+    absent) measured in the same study, the design's preconditions, and the verdict of the stated rule. A failed
+    precondition turns any verdict into ``not tested`` (``reason`` says which)."""
 
     name: str
-    quote: str  # verbatim from the README / poster
-    source: str  # file name under SEEDS_DIR
+    quote: str  # verbatim from the paper, or the hypothesis in the study's words (``hypothesis``)
+    source: str  # where the paper says it (section, figure), or "study hypothesis"
     statistic: str
     measured: str  # the value with its spread, as text
     rule: str  # the explicit rule that turns the numbers into the verdict
     verdict: str
     value: float | None = None  # the headline number (logged as metric claim_<name>)
+    null: str = ""  # what the null is, and its measured value with its spread
+    null_value: float | None = None
+    preconditions: list[Precondition] = field(default_factory=list)
+    hypothesis: bool = False  # the study's own hypothesis, not a sentence of the paper
+    reason: str = ""  # why not tested
+
+    def __post_init__(self) -> None:
+        failed = [p for p in self.preconditions if not p.ok]
+        if failed:
+            self.verdict = NOT_TESTED
+            self.reason = "; ".join(p.text() for p in failed)
+
+    @property
+    def verdict_text(self) -> str:
+        return f"{self.verdict}: {self.reason}" if self.verdict == NOT_TESTED and self.reason else self.verdict
+
+
+def verdict_vs_null(measured: Sequence[float], null: Sequence[float], *, min_effect: float = 0.0,
+                    larger: bool = True) -> tuple[str, list[float]]:
+    """The verdict of a claim that the measured statistic exceeds its null (``larger``; else: falls below it),
+    paired by replicate (run or seed): d_i = ±(measured_i − null_i).
+
+    * holds: the effect is larger than the replicates' spread -- the 95% t-intervals of the two arms' means do not
+      overlap, the paired 95% t-interval of d lies above 0, and the mean of d is at least ``min_effect``;
+    * does not hold: the paired interval lies wholly below ``min_effect`` (the effect is absent, smaller than the
+      smallest that counts, or the other way);
+    * else inconclusive (also with fewer than 2 pairs, or a non-finite value).
+
+    Two arms drawn from one distribution (seed-only differences) give "holds" in about 0.25% of draws whatever n
+    (measured in the tests), and identical arms never. Returns the verdict and the differences."""
+    pairs = [(a, b) for a, b in zip(measured, null) if a is not None and b is not None
+             and math.isfinite(a) and math.isfinite(b)]
+    sign = 1.0 if larger else -1.0
+    d = [sign * (a - b) for a, b in pairs]
+    if len(d) < 2 or len(d) < len(list(measured)):
+        return INCONCLUSIVE, d
+    m, _, lo, hi = mean_ci(d)
+    _, _, a_lo, a_hi = mean_ci([sign * a for a, _ in pairs])
+    _, _, b_lo, b_hi = mean_ci([sign * b for _, b in pairs])
+    if lo > 0 and a_lo > b_hi and m >= min_effect:
+        return HOLDS, d
+    if hi < min_effect:
+        return FAILS, d
+    return INCONCLUSIVE, d
 
 
 def verdict_by_interval(lo: float, hi: float, threshold: float, *, above_holds: bool = True) -> str:
@@ -109,9 +188,13 @@ class Report:
     captions: dict[str, str] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
     children: list[ChildRun] = field(default_factory=list)
+    paper: Paper | None = None
+    hardware: dict[str, str] = field(default_factory=dict)  # shared.hardware.describe() of the machine that ran it
+    spent: str = ""  # how the scale's budget was spent
 
     def as_dict(self) -> dict:
         return {"title": self.title, "project": self.project, "scale": self.scale, "summary": self.summary,
+                "paper": dataclasses.asdict(self.paper) if self.paper else None, "hardware": self.hardware,
                 "settings": {k: _show(v) for k, v in self.settings.items()},
                 "claims": [dataclasses.asdict(c) for c in self.claims],
                 "tables": [{"title": t, "header": h, "rows": [[_cell(c) for c in r] for r in rows]}
@@ -119,17 +202,44 @@ class Report:
                 "children": [dataclasses.asdict(c) for c in self.children], "figures": list(self.figures)}
 
     def verdict_rows(self) -> list[list[str]]:
-        return [[c.name, f"“{c.quote}”", c.statistic, c.measured, c.verdict] for c in self.claims]
+        return [[c.name + (" (study hypothesis)" if c.hypothesis else ""), f"“{c.quote}”", c.statistic, c.measured,
+                 c.null or "–", "; ".join(p.text() for p in c.preconditions) or "–", c.verdict_text]
+                for c in self.claims]
+
+    def paper_rows(self) -> list[list[str]]:
+        """The paper's central claims: tested (by which claims, with their verdicts) or not, and why."""
+        by = {c.name: c for c in self.claims}
+        rows = []
+        for pc in self.paper.claims if self.paper else ():
+            tested = [n for n in pc.tested_by if n in by]
+            rows.append([pc.name, pc.where, f"“{pc.quote}”",
+                         "; ".join(f"{n}: {by[n].verdict}" for n in tested) if tested else
+                         f"not tested: {pc.why_not or 'no child of this scale measures it'}"])
+        return rows
 
     def _sections(self) -> list[tuple[str, str, list[str], list[list[Any]]]]:
         """(heading, text, header, rows) in report order, shared by both renderings."""
         s = [("Settings", f"Scale `{self.scale}`. {self.summary}", ["setting", "value"],
               [[k, _show(v)] for k, v in self.settings.items()]),
-             ("Verdicts", "Each verdict is computed from the numbers by the rule given with it.",
-              ["claim", "quoted from the paper", "statistic", "measured", "verdict"], self.verdict_rows())]
+             ("Hardware", "The machine that ran this report's children: runs repeat exactly only on the same "
+                          "hardware and library versions.", ["", "value"],
+              [[k, v] for k, v in self.hardware.items()]),
+             ("Verdicts", "Each verdict is computed from the numbers by the rule given with it, against its null "
+                          "(the same statistic where the claim's cause is absent), measured in this study. A claim "
+                          "whose precondition fails is not tested.",
+              ["claim", "quoted from the paper", "statistic", "measured", "null", "preconditions", "verdict"],
+              self.verdict_rows())]
+        if self.paper:
+            s.insert(1, ("The paper's claims", f"{self.paper.reference}. Its central claims, and which of them this "
+                                               "study tests." + (f" {self.spent}" if self.spent else ""),
+                         ["claim", "where", "quoted", "tested by (verdict)"], self.paper_rows()))
         for c in self.claims:
-            s.append((f"Claim `{c.name}`", f"Source: `{c.source}`. Quote: “{c.quote}”. Statistic: {c.statistic}. "
-                                           f"Measured: {c.measured}. Rule: {c.rule}. **Verdict: {c.verdict}.**", [], []))
+            s.append((f"Claim `{c.name}`", f"Source: {c.source}. "
+                                           + ("A hypothesis of this study, not a claim of the paper. " if c.hypothesis
+                                              else "") + f"Quote: “{c.quote}”. Statistic: {c.statistic}. "
+                                           f"Measured: {c.measured}. Null: {c.null or 'none'}. "
+                                           + "".join(f"Precondition {p.text()}. " for p in c.preconditions)
+                                           + f"Rule: {c.rule}. **Verdict: {c.verdict_text}.**", [], []))
         for title, header, rows in self.tables:
             s.append((title, "", header, rows))
         s.append(("Child runs", "Reused: finished by an earlier invocation of the same study command.",
@@ -186,9 +296,3 @@ def _cell(v: Any) -> str:
     if isinstance(v, (tuple, list)):
         return ",".join(map(_cell, v))
     return "" if v is None else str(v)
-
-
-def quote_in_seed(quote: str, source: str) -> bool:
-    """Does the quote appear verbatim (whitespace-normalized) in the seed file?"""
-    text = " ".join((SEEDS_DIR / source).read_text().split())
-    return " ".join(quote.split()) in text

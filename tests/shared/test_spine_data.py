@@ -209,3 +209,17 @@ def test_imagenet_folder_is_streamed_with_the_shared_options(tmp_path):
     assert sum(len(y) for _, y in d.val) == d.info["val_size"]
     with pytest.raises(UsageError, match="ImageFolder"):
         load_data(DataConfig(dataset="imagenet", data_path=str(tmp_path / "missing")))
+
+
+def test_random_labels_are_uniform_independent_of_the_image_and_seeded():
+    clean = load_data(DataConfig(dataset="digits"))
+    rnd = load_data(DataConfig(dataset="digits", random_labels=True, noise_seed=3))
+    y0, y = clean.train.y, rnd.train.y
+    assert torch.equal(rnd.train.x, clean.train.x)  # the images are untouched
+    agree = float((y == y0).float().mean())
+    assert abs(agree - 0.1) < 0.04  # the true class keeps only its chance share (label noise keeps 1 - noise)
+    counts = torch.bincount(y, minlength=10).float() / len(y)
+    assert float(counts.min()) > 0.06 and float(counts.max()) < 0.14
+    assert torch.equal(load_data(DataConfig(dataset="digits", random_labels=True, noise_seed=3)).train.y, y)
+    assert not torch.equal(load_data(DataConfig(dataset="digits", random_labels=True, noise_seed=4)).train.y, y)
+    assert torch.equal(rnd.test.y, clean.test.y)  # only the training split

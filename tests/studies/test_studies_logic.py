@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shared.errors import UsageError
-from shared.study import (FAILS, HOLDS, INCONCLUSIVE, SEEDS_DIR, mean_ci, quote_in_seed, resolve_settings,
-                          verdict_by_interval, verdict_by_p)
+from shared.study import (FAILS, HOLDS, INCONCLUSIVE, NOT_TESTED, Claim, Paper, PaperClaim, Precondition, Report,
+                          mean_ci, resolve_settings, verdict_by_interval, verdict_by_p, verdict_vs_null)
 
 
 def test_verdict_by_interval():
@@ -61,99 +63,6 @@ def test_bad_scale_is_one_line_and_leaves_no_run(mlflow_store, cli):
     assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
-def _cone_doc(block_counts):
-    """A nesting document (the schema `nesting` writes): one pair per block, ``counts[s]`` filter-channels in state s."""
-    blocks = []
-    for counts in block_counts:
-        entries = [{"distance": 1.0, "opening": 0.5, "rotation": 0.1, "binary_nesting": s}
-                   for s, n in enumerate(counts) for _ in range(n)]
-        blocks.append({"layer_pairs": [entries]})
-    return {"blocks": blocks}
-
-
-def test_cone_statistics_follow_the_documents():
-    from projects.cone_geometry.aggregate import doc_fractions
-    from projects.cone_geometry.study import block_variance, claims, consecutive_distances
-
-    doc = _cone_doc([[4, 0, 0, 0], [0, 2, 2, 0]])
-    fr = doc_fractions(doc)
-    assert np.allclose(fr["blocks"][1], [0, 0.5, 0.5, 0])
-    # block 0 differs between runs, block 1 does not; block 1 moves to state 3 ever more slowly (8, 12, 14, 15 of 16)
-    docs = {(k, e): _cone_doc([[8 - shift, shift, 0, 0], [16 - m, 0, 0, m]])
-            for k, shift in enumerate([0, 2, 4]) for e, m in zip([1, 2, 3, 4], [8, 12, 14, 15])}
-    var = block_variance(docs, [0, 1, 2], [1, 2, 3, 4])
-    assert var.shape == (4, 2) and np.all(var[:, 0] > var[:, 1])
-    dist = consecutive_distances(docs, [0, 1, 2], [1, 2, 3, 4])
-    assert dist.shape == (3, 3) and np.all(np.diff(dist, axis=1) <= 0)
-    (c_var, c_stab), _, _ = claims(docs, [0, 1, 2], [1, 2, 3, 4])
-    assert c_var.verdict == HOLDS and c_var.value < 0
-    assert c_stab.verdict == HOLDS and c_stab.value < 0
-
-
-def test_cone_accuracy_table_shows_untrained_teachers_and_students_per_epoch():
-    from projects.cone_geometry.study import accuracy_rows
-
-    accs = {(0, 0): (None, 0.10), (1, 0): (None, 0.12), (0, 2): (0.85, 0.70), (1, 2): (0.87, 0.74)}
-    rows = accuracy_rows(accs, [0, 1], [0, 2])
-    assert rows[0] == ["0", "–", "0.110 ± 0.014"]  # no test accuracy of the epoch-0 (untrained) teacher
-    assert rows[1] == ["2", "0.860 ± 0.014", "0.720 ± 0.028"]
-    assert accuracy_rows({(0, 2): (0.85, 0.7)}, [0], [2]) == [["2", "0.850", "0.700"]]
-
-
-def test_depth_slope_and_feature_amounts_rule():
-    from projects.depth_limit.study import log_log_slope
-    from projects.feature_amounts.study import early_claim
-
-    assert log_log_slope([8, 32, 128], [1.0, 4.0, 16.0]) == pytest.approx(1.0)
-    assert log_log_slope([8, 32, 128], [2.0, 2.0, 2.0]) == pytest.approx(0.0)
-    recs = [{"VariantId": "a", "Mean": 0.0, "Variance": 4.0, "Skew": 24, "BestVal": 89.0, "Parameters": 10},
-            {"VariantId": "b", "Mean": 14.0, "BestVal": 70.0, "Parameters": 10},
-            {"VariantId": "ref", "Mean": None, "BestVal": 90.0, "Parameters": 12}]
-    c1, c2, rows = early_claim(recs, 16, 2.0, 10.0)
-    assert c1.verdict == HOLDS and c1.value == pytest.approx(-1.0)
-    assert c2.verdict == HOLDS and "ranks 1 of 3" in c2.statistic
-    assert rows[1] == ["a", 0.0, 4.0, 24, 10, 89.0]  # the result record's columns (its scale is "Variance")
-    recs[0]["BestVal"] = 80.0
-    assert early_claim(recs, 16, 2.0, 10.0)[0].verdict == FAILS
-    recs[2]["BestVal"] = 11.0  # a reference at chance level learned nothing: no verdict either way
-    assert early_claim(recs, 16, 2.0, 10.0)[0].verdict == INCONCLUSIVE
-    recs[0]["BestVal"] = 10.5  # the median network at chance: the range is noise
-    assert early_claim(recs, 16, 2.0, 10.0)[1].verdict == INCONCLUSIVE
-
-
-def test_feature_amounts_grid_spreads_over_mean_and_skew():
-    from projects.feature_amounts.study import choose_grid
-    from projects.feature_amounts.variants import generate_variants
-
-    grid = choose_grid(generate_variants(16, 16, 0.05), 12)
-    assert len(grid) == 12 == len({(v.mean, v.skew) for v in grid})
-    assert len({v.mean for v in grid}) >= 8 and min(v.skew for v in grid) < 0 < max(v.skew for v in grid)
-
-
-def test_hyperplane_regularity_rule():
-    from projects.hyperplane_bias.study import regularity_claims
-
-    bias = {"init": {0: 0.01, 1: 0.02, 2: 0.015}, "clean": {0: 0.3, 1: 0.32, 2: 0.31},
-            "noise": {0: 0.1, 1: 0.12, 2: 0.08}, "shuffle": {0: 0.35, 1: 0.2, 2: 0.4}}
-    c = {x.name: x.verdict for x in regularity_claims(bias)}
-    assert c["emerges_from_training"] == HOLDS
-    assert c["correlates_with_learning_noise"] == HOLDS
-    assert c["correlates_with_learning_shuffle"] == INCONCLUSIVE
-
-
-@pytest.mark.skipif(not SEEDS_DIR.is_dir(), reason="the papers' READMEs are not on this machine")
-def test_every_quoted_claim_is_verbatim_in_its_source():
-    import projects.cone_geometry.study as cg
-    import projects.depth_limit.study as dl
-    import projects.feature_amounts.study as fa
-    import projects.hyperplane_bias.study as hb
-
-    for mod, quotes in ((cg, [cg.QUOTE_VAR, cg.QUOTE_STABLE]), (hb, [hb.QUOTE_REGULAR, hb.QUOTE_CRITICAL]),
-                        (dl, [dl.QUOTE_TITLE]), (fa, [fa.QUOTE])):
-        for q in quotes:
-            assert quote_in_seed(q, mod.SEED), (mod.__name__, q)
-
-
 @pytest.mark.parametrize("project", ["cone_geometry", "hyperplane_bias", "depth_limit", "feature_amounts"])
 def test_mlproject_study_entry_point_reaches_the_study_command(project, mlflow_store, cli):
     """The entry point's command line with its defaults parses; an unknown scale then stops it before any run."""
@@ -170,3 +79,82 @@ def test_mlproject_study_entry_point_reaches_the_study_command(project, mlflow_s
     assert argv[:5] == ["python", "-m", "shared.cli", project.replace("_", "-"), "study"]
     r = cli(*argv[3:])
     assert r.exit_code == 2 and "--scale must be one of" in r.stderr, r.output
+
+
+def test_verdict_vs_null_gives_each_verdict():
+    null = [0.010, 0.020, 0.015]
+    assert verdict_vs_null([0.30, 0.32, 0.31], null)[0] == HOLDS
+    assert verdict_vs_null([0.012, 0.019, 0.016], null, min_effect=0.05)[0] == FAILS  # far below the smallest effect
+    assert verdict_vs_null([0.0, 0.01, 0.005], null)[0] == FAILS  # the other way: below the null
+    assert verdict_vs_null([0.012, 0.019, 0.016], null)[0] == INCONCLUSIVE  # no effect, none required either
+    assert verdict_vs_null([0.30], [0.01])[0] == INCONCLUSIVE  # one pair: no spread
+    assert verdict_vs_null([0.30, float("nan"), 0.31], null)[0] == INCONCLUSIVE
+    # smaller is the claim's side
+    assert verdict_vs_null([-0.30, -0.32, -0.31], null, larger=False)[0] == HOLDS
+    # an effect smaller than the replicates' spread does not hold, even with a narrow paired interval
+    assert verdict_vs_null([1.05, 2.05, 3.05], [1.0, 2.0, 3.0])[0] == INCONCLUSIVE
+    assert verdict_vs_null([0.30, 0.32, 0.31], null, min_effect=0.5)[0] == FAILS  # real, but below what counts
+    d = verdict_vs_null([0.3, 0.32], [0.1, 0.1])[1]
+    assert d == pytest.approx([0.2, 0.22])
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 10])
+def test_the_null_in_both_arms_does_not_hold(n):
+    """Both arms the same null: never "holds". Both arms drawn from one distribution (seed-only differences): "holds"
+    in under 0.5% of 4000 draws, whichever side is claimed (a fixed-seed draw: the test is deterministic)."""
+    rng = np.random.default_rng(n)
+    held = 0
+    for _ in range(2000):
+        a, b = rng.normal(0.3, 0.05, n), rng.normal(0.3, 0.05, n)
+        assert verdict_vs_null(list(a), list(a))[0] != HOLDS
+        held += sum(verdict_vs_null(list(a), list(b), larger=larger)[0] == HOLDS for larger in (True, False))
+    assert held / 4000 < 0.005
+
+
+def test_a_failed_precondition_makes_the_claim_not_tested_and_the_report_shows_why():
+    ok = Precondition("student mimics teacher", "agreement 0.91 vs 0.12", "above the epoch-0 student's", True)
+    bad = Precondition("loss fell", "first 1.0, last 0.9", "must fall by x2", False)
+    c = Claim("c", "a quote", "Fig. 2", "stat", "1.0 ± 0.1", "rule", HOLDS, 1.0, null="0.1 ± 0.1",
+              preconditions=[ok, bad])
+    assert c.verdict == NOT_TESTED and "loss fell" in c.reason and "student mimics" not in c.reason
+    c2 = Claim("d", "own words", "study hypothesis", "stat", "m", "rule", FAILS, preconditions=[ok], hypothesis=True)
+    assert c2.verdict == FAILS
+    paper = Paper("A. Author, Title, Venue 2020", (PaperClaim("p1", "Sec. 3", "a quote", ("c",)),
+                                                   PaperClaim("p2", "Fig. 9", "other", (), "needs ImageNet")))
+    rep = Report("T", "proj", "cpu", "summary", claims=[c, c2], paper=paper, hardware={"cpu": "X", "cpu_isa": "avx2"})
+    md = rep.markdown()
+    assert "not tested: loss fell: first 1.0, last 0.9 (must fall by x2) FAILED" in md
+    assert "0.1 ± 0.1" in md and "(study hypothesis)" in md and "| cpu_isa | avx2 |" in md
+    assert "| p1 | Sec. 3 | “a quote” | c: not tested |" in md and "not tested: needs ImageNet" in md
+    doc = rep.as_dict()
+    assert doc["hardware"]["cpu"] == "X" and doc["paper"]["claims"][1]["why_not"] == "needs ImageNet"
+    assert doc["claims"][0]["null"] == "0.1 ± 0.1" and doc["claims"][0]["preconditions"][1]["ok"] is False
+    assert "not tested: loss fell" in rep.html({})
+
+
+def test_hardware_is_described_and_bf16_detection_follows_the_cpu_flags(monkeypatch):
+    import shared.hardware as hw
+
+    d = hw.describe("cpu")
+    assert {"cpu", "cpu_isa", "gpu", "torch", "threads", "cpu_bf16"} <= set(d) and all(isinstance(v, str) for v in d.values())
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert hw.cpu_isa() == "avx512_bf16,avx512f,avx2" and hw.fast_precision("cpu") == ("bf16-mixed", True)
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert hw.fast_precision("cpu") == ("fp32", False)
+
+
+SEED_FILES = {"cone_geometry": "002_c8e1d96860136141.txt", "hyperplane_bias": "001_0d6e72c4d5690c7b.txt",
+              "depth_limit": "003_ebcfadec71355410.txt", "feature_amounts": "004_33ec712cee959f3a.txt"}
+SEEDS = Path(os.environ.get("GEOMLAB_SEEDS_DIR", Path(__file__).resolve().parents[3] / "shared" / "seeds"))
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the papers' READMEs are not on this machine (set GEOMLAB_SEEDS_DIR)")
+@pytest.mark.parametrize("project", sorted(SEED_FILES))
+def test_every_quoted_claim_is_verbatim_in_its_paper(project):
+    """The quotes kept in the repository (each project's PAPER) appear verbatim in the paper's README or poster."""
+    import importlib
+
+    mod = importlib.import_module(f"projects.{project}.study")
+    text = " ".join((SEEDS / SEED_FILES[project]).read_text().split())
+    for pc in mod.PAPER.claims:
+        assert " ".join(pc.quote.split()) in text, (project, pc.name, pc.quote)
