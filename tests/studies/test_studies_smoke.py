@@ -9,9 +9,8 @@ import re
 import pytest
 from helpers import step_counter
 
-from shared.study import FAILS, HOLDS, INCONCLUSIVE
+from shared.study import VERDICTS
 
-VERDICTS = {HOLDS, FAILS, INCONCLUSIVE}
 PROJECTS = ["hyperplane-bias", "depth-limit", "feature-amounts", "cone-geometry"]
 
 
