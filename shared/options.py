@@ -120,8 +120,9 @@ RESUME_FROM = _O("resume_from", Optional[str], "Continue from a snapshot (path o
 RESUME_OVERRIDE = _O("resume_override", Optional[str], "With --resume-from: options allowed to differ from the "
                      "snapshot's (comma list, e.g. lr,optimizer); they take effect from the resumed epoch and are "
                      "logged in the run's tag resume_overrides.")
-PRECISION = _O("precision", str, "fp32, or bf16-mixed: fp32 weights with bfloat16 autocast compute (training and "
-               "evaluation; statistics stay fp32).", "fp32")
+PRECISION = _O("precision", str, "fp32; bf16-mixed: fp32 weights with bfloat16 autocast compute (training and "
+               "evaluation; statistics stay fp32); or auto: bf16-mixed where the hardware computes in bfloat16 "
+               "(AVX-512-BF16, AMX, a GPU), fp32 elsewhere.", "fp32")
 CHANNELS_LAST = _O("channels_last", bool, "Use the channels_last (NHWC) memory format for convolutions (faster with "
                    "bf16-mixed; snapshots unchanged).", False)
 KILL_PLATEAUS = _O("kill_plateaus", bool, "Stop a run that stopped learning, by the original's rule "

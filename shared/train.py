@@ -84,12 +84,37 @@ class TrainConfig:
         check(self.precision in PRECISIONS, f"unknown --precision {self.precision!r}; use {' or '.join(PRECISIONS)}")
 
 
-PRECISIONS = ("fp32", "bf16-mixed")
+PRECISIONS = ("fp32", "bf16-mixed", "auto")
+#: measured (BENCHMARKS.md, "Precision"): bf16-mixed against fp32 where the CPU emulates bfloat16
+EMULATED_BF16_COST = "about 10x slower than fp32 (lenet_small 0.09x, a VGG9 epoch on digits 0.08x, measured on AVX2)"
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, str | None]:
+    """The precision a run computes in, and a warning where it emulates bfloat16: ``auto`` is bf16-mixed where the
+    hardware computes in bfloat16 (AVX-512-BF16, AMX or a GPU) and fp32 elsewhere."""
+    from shared.hardware import computes_bf16
+
+    dev = str(device)
+    native = computes_bf16(dev)
+    if precision == "auto":
+        return ("bf16-mixed" if native else "fp32"), None
+    if precision == "bf16-mixed" and not native and not dev.startswith("cuda"):
+        return precision, (f"--precision bf16-mixed on a CPU without AVX-512-BF16 or AMX-BF16 ({_isa()}): "
+                           f"bfloat16 is emulated, {EMULATED_BF16_COST}; use --precision fp32 or auto")
+    return precision, None
+
+
+def _isa() -> str:
+    from shared.hardware import cpu_isa
+
+    return cpu_isa()
 
 
 def autocast(device: torch.device | str, precision: str = "fp32"):
     """The compute context of ``--precision``: bf16 autocast for bf16-mixed (weights stay fp32), nothing for fp32."""
     dev = torch.device(device).type
+    if precision == "auto":
+        precision = resolve_precision(precision, dev)[0]
     return torch.autocast(device_type=dev, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
@@ -347,6 +372,15 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.precision == "bf16-mixed" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise UsageError("--precision bf16-mixed needs a GPU with bfloat16 support; use --precision fp32")
+        precision, self.precision_warning = resolve_precision(cfg.precision, self.device)
+        if precision != cfg.precision:
+            from dataclasses import replace
+
+            self.cfg = cfg = replace(cfg, precision=precision)
+        if self.precision_warning:
+            import typer
+
+            typer.echo(f"warning: {self.precision_warning}", err=True)
         self.model = model.to(self.device, memory_format=torch.channels_last) if cfg.channels_last else \
             model.to(self.device)
         self.tracker = tracker or Tracker(enabled=False)
@@ -586,6 +620,8 @@ class Trainer:
             self.resume(resume_from, overrides)
         elif cfg.snapshot_init and self.epoch == 0:
             self.save_snapshot()
+        self.tracker.set_tags({"precision": cfg.precision,
+                               **({"precision_warning": self.precision_warning} if self.precision_warning else {})})
         for cb in self.callbacks:
             cb.on_train_start(self)
         n_batches = len(self.data.train)

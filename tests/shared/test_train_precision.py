@@ -98,3 +98,39 @@ def test_resume_overrides_take_effect(tmp_path):
     # the schedule is rebuilt from the new base lr and advanced to epoch 1: 0.2 * 0.5, then 0.2 * 0.25
     assert [h["lr"] for h in t.history] == pytest.approx([0.05, 0.1, 0.05])
     assert t.optimizer.param_groups[0]["momentum"] == 0.5
+
+
+@pytest.mark.parametrize("flags,auto,warns", [({"avx2"}, "fp32", True), ({"avx2", "avx512f", "avx512_bf16"},
+                                                                         "bf16-mixed", False),
+                                              ({"avx2", "amx_bf16"}, "bf16-mixed", False)])
+def test_auto_precision_follows_the_cpu_and_emulated_bf16_warns(monkeypatch, flags, auto, warns):
+    import shared.hardware as hw
+    from shared.train import resolve_precision
+
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset(flags))
+    assert resolve_precision("auto", "cpu") == (auto, None)
+    assert resolve_precision("fp32", "cpu") == ("fp32", None)
+    precision, warning = resolve_precision("bf16-mixed", "cpu")
+    assert precision == "bf16-mixed" and (warning is not None) == warns
+    if warns:
+        assert "AVX-512-BF16" in warning and "emulated" in warning and "0.09x" in warning
+
+
+def test_the_train_command_warns_once_tags_the_run_and_resolves_auto(monkeypatch, mlflow_store, cli):
+    import shared.hardware as hw
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setattr(hw, "cpu_flags", lambda: frozenset({"avx2"}))
+    base = ["train", "--arch", "mlp", "--width", "8", "--dataset", "digits", "--device", "cpu", "--epochs", "1",
+            "--train-fraction", "0.05"]
+    r = cli(*base, "--precision", "bf16-mixed", "--run-name", "emulated")
+    assert r.exit_code == 0, r.output
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")] == [
+        next(ln for ln in r.stderr.splitlines() if "--precision bf16-mixed on a CPU without" in ln)]
+    r = cli(*base, "--precision", "auto", "--run-name", "auto")
+    assert r.exit_code == 0 and "warning:" not in r.stderr, r.output
+    client = MlflowClient()
+    runs = {x.info.run_name: x for x in client.search_runs([e.experiment_id for e in client.search_experiments()])}
+    assert "emulated" in runs["emulated"].data.tags["precision_warning"]
+    assert runs["emulated"].data.tags["precision"] == "bf16-mixed"
+    assert runs["auto"].data.tags["precision"] == "fp32" and "precision_warning" not in runs["auto"].data.tags
