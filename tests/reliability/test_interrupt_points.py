@@ -60,11 +60,11 @@ fault, sig, at, twice = os.environ["FAULT"], int(os.environ["SIG"]), int(os.envi
 calls = {"n": 0}
 
 def fire():
-    os.kill(os.getpid(), sig)
+    signal.raise_signal(sig)     # to this thread: os.kill may wait on another one, and two then coalesce
     for _ in range(10000):       # bytecodes: Python runs the handler here, inside the patched function
         pass
     if twice:
-        os.kill(os.getpid(), sig)
+        signal.raise_signal(sig)
         for _ in range(10000):
             pass
 
@@ -361,12 +361,19 @@ def test_random_sigterms_into_a_study_finish_it_without_failed_runs(tmp_path):
 # the module itself (in this process)
 
 
+def _signal_self(sig: int, until=lambda: True) -> None:
+    """Send ``sig`` to this thread (``raise_signal``: under load, a signal sent with os.kill to the process may wait
+    on another thread, and two such signals coalesce into one) and wait until its handler has run."""
+    signal.raise_signal(sig)
+    deadline = time.monotonic() + 30
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
 def test_a_signal_inside_a_critical_section_waits_for_its_end():
     interrupts.install()
     with interrupts.critical():
-        os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(1000):
-            pass
+        _signal_self(signal.SIGTERM, lambda: interrupts.requested() is not None)
         interrupts.check()  # inside: does not raise
         assert interrupts.requested() == signal.SIGTERM
     with pytest.raises(interrupts.Terminated) as e:
@@ -376,21 +383,14 @@ def test_a_signal_inside_a_critical_section_waits_for_its_end():
 
 def test_a_second_signal_within_the_grace_period_stops_at_once_but_not_inside_a_critical_section():
     interrupts.install()
-    os.kill(os.getpid(), signal.SIGINT)
-    for _ in range(1000):
-        pass
+    _signal_self(signal.SIGINT, lambda: interrupts.requested() is not None)
     reached = []
     with pytest.raises(interrupts.Interrupted) as e:
         with interrupts.critical():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):
-                pass
+            _signal_self(signal.SIGINT, lambda: interrupts._state.urgent)
             reached.append("end of the section")  # the critical section ran to its end
     assert reached and e.value.exit_code == 130
     interrupts.reset()
-    os.kill(os.getpid(), signal.SIGINT)
-    for _ in range(1000):
-        pass
+    _signal_self(signal.SIGINT, lambda: interrupts.requested() is not None)
     with pytest.raises(interrupts.Interrupted):  # outside any section: the handler raises at once
-        os.kill(os.getpid(), signal.SIGINT)
-        time.sleep(1)
+        _signal_self(signal.SIGINT, lambda: False)
