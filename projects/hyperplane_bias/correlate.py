@@ -21,7 +21,7 @@ from scipy.stats import spearmanr
 
 from shared.errors import UsageError
 
-from .projections import iter_layer_entries
+from .projections import iter_layer_entries, layer_biases
 from .reinit import relative_drop
 
 MIN_LAYERS = 3
@@ -110,3 +110,25 @@ def format_table(result: Mapping[str, Any]) -> str:
 
 def correlation_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return {f"correlate/spearman_{s}": c["rho"] for s, c in result["spearman"].items() if c["rho"] is not None}
+
+
+def excess_vs_drop(proj_doc: Mapping[str, Any], drops: Mapping[str, float], stat: str = "excess") -> dict[str, Any]:
+    """Spearman's rho between each layer's bias beyond a random layer of its width (``excess`` = |mass - 0.5| minus
+    the random-layer null's mean E|mass - 0.5| for its number of filters, see
+    :func:`~projects.hyperplane_bias.projections.layer_biases`) and its re-initialization drop, over the layers of
+    ``proj_doc`` that ``drops`` (layer label -> drop) has. ``stat`` may also be ``bias`` (the raw |mass - 0.5|, which
+    a random layer already ranks by width) or ``n`` (the width alone: how much width ranks the drops by itself).
+
+    With ``proj_doc`` the trained model this is the critical-layer statistic; with the same run's initialization
+    (epoch 0, a random layer of every width) it is its null, against the same drops."""
+    rows = [dict(r, drop=float(drops[r["layer"]])) for r in layer_biases(proj_doc) if r["layer"] in drops]
+    if len(rows) < MIN_LAYERS:
+        raise UsageError(f"only {len(rows)} layers are common to the projections and the drops; a rank "
+                         f"correlation needs at least {MIN_LAYERS}")
+    c = _spearman([float(r[stat]) for r in rows], [r["drop"] for r in rows])
+    return {"stat": stat, "rho": c["rho"], "p": c["p"], "rows": rows}
+
+
+def drops_by_layer(result: Mapping[str, Any]) -> dict[str, float]:
+    """Layer label -> re-initialization drop, from a :func:`correlate` result."""
+    return {r["layer"]: float(r["drop"]) for r in result["rows"]}

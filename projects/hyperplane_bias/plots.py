@@ -119,3 +119,54 @@ def correlation_figure(result: Mapping[str, Any]) -> Figure:
     ax2.set_xlabel("bias |mass - 0.5|")
     ax2.set_ylabel(f"relative accuracy drop @ {result['checkpoint']}")
     return fig
+
+
+def layer_bias_figure(labels: Sequence[str], widths: Sequence[int],
+                      arms: Mapping[str, Mapping[str, Sequence[float]]]) -> Figure:
+    """Per layer: the bias |mass - 0.5| of each arm (mean ± sd over seeds; arm -> layer -> values) beside a random
+    layer of the same width (the exact mean, and the band up to its 95% quantile)."""
+    from .projections import random_layer_bias_mean, random_layer_bias_quantile
+
+    x = np.arange(len(labels))
+    fig = Figure(figsize=(1.5 + 0.9 * len(labels), 4), layout="constrained")
+    ax = fig.add_subplot()
+    ax.fill_between(x, 0, [random_layer_bias_quantile(n, 0.95) for n in widths], step="mid", color="grey",
+                    alpha=0.2, label="random layer: up to its 95% quantile")
+    ax.step(x, [random_layer_bias_mean(n) for n in widths], where="mid", color="grey", label="random layer: mean")
+    k = max(len(arms), 1)
+    for i, (name, per) in enumerate(arms.items()):
+        off = (i - (k - 1) / 2) * 0.6 / k
+        means = [float(np.mean(per[lab])) if per.get(lab) else math.nan for lab in labels]
+        sds = [float(np.std(per[lab], ddof=1)) if len(per.get(lab, ())) > 1 else 0.0 for lab in labels]
+        ax.errorbar(x + off, means, yerr=sds, fmt="o", ms=4, capsize=2, label=name)
+    ax.set_xticks(x, [f"{lab}\n({n})" for lab, n in zip(labels, widths)])
+    ax.set_xlabel("layer (filters)")
+    ax.set_ylabel("bias |mass - 0.5|")
+    ax.set_ylim(-0.02, 0.52)
+    ax.legend(fontsize=7)
+    ax.set_title("projection bias per layer against a random layer of the same width", fontsize=9)
+    return fig
+
+
+def rho_vs_null_figure(seeds: Sequence[int], measured: Sequence[float | None],
+                       null: Sequence[float | None]) -> Figure:
+    """Per seed: the critical-layer rank correlation of the trained network and its null (the initialization's),
+    joined by a line, with each arm's mean."""
+    fig = Figure(figsize=(4.5, 4), layout="constrained")
+    ax = fig.add_subplot()
+    nan = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    for a, b in zip(measured, null):
+        ax.plot([0, 1], [nan(b), nan(a)], color="grey", lw=0.8, alpha=0.6)
+    for pos, vals, name in ((0, null, "null: initialization"), (1, measured, "trained")):
+        v = [nan(x) for x in vals]
+        ax.scatter([pos] * len(v), v, zorder=3)
+        ok = [y for y in v if math.isfinite(y)]
+        if ok:
+            ax.hlines(float(np.mean(ok)), pos - 0.2, pos + 0.2, color="black", lw=2)
+    ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks([0, 1], ["null: initialization", "trained"])
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_ylabel("Spearman rho(bias − random-layer mean, drop)")
+    ax.set_title(f"critical layers, {len(seeds)} seeds", fontsize=9)
+    return fig

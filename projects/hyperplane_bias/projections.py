@@ -200,3 +200,64 @@ def projection_metrics(doc: Mapping[str, Any]) -> dict[str, float]:
     for k in ("mean", "mass"):
         out[f"proj/net/{k}"] = float(doc["net"][k])
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the random-layer null: the bias |mass - 0.5| of a layer that was never trained
+#
+# A layer whose filters are drawn independently from a distribution that is symmetric under w -> -w (every
+# initializer of this project's models: Xavier-uniform, Kaiming-normal, N(0, s^2), all with continuous weights)
+# has each filter's projection <= 0 with probability exactly 1/2, independently of the other filters (the
+# normalization only rescales by a positive number). So the count #{n : p_n <= 0} of a random layer of N filters is
+# Binomial(N, 1/2) and its mass is that count / N, whatever the filter's size. The bias of a random layer falls with
+# its width (E|mass - 0.5| = 0.156 for N = 6, 0.098 for 16, 0.050 for 64): a raw bias ranks layers by width.
+
+def random_layer_bias_pmf(n: int) -> list[tuple[float, float]]:
+    """The exact distribution of ``|mass - 0.5|`` of a random layer of ``n`` filters: (value, probability) pairs,
+    by increasing value (value = |2k - n| / 2n for k ~ Binomial(n, 1/2))."""
+    if n < 1:
+        raise UsageError(f"a layer needs at least one filter, got {n}")
+    probs: dict[int, int] = {}
+    for k in range(n + 1):  # exact integer counts: comb(n, k) of the 2^n sign patterns have k projections <= 0
+        d = abs(2 * k - n)
+        probs[d] = probs.get(d, 0) + math.comb(n, k)
+    total = 2 ** n
+    return [(d / (2 * n), c / total) for d, c in sorted(probs.items())]
+
+
+def random_layer_bias_mean(n: int) -> float:
+    """E|mass - 0.5| of a random layer of ``n`` filters (exact)."""
+    return float(sum(v * p for v, p in random_layer_bias_pmf(n)))
+
+
+def random_layer_bias_sf(n: int, bias: float) -> float:
+    """P(|mass - 0.5| >= ``bias``) for a random layer of ``n`` filters: the exact one-sided p-value of an observed
+    bias against the random-layer null (1.0 for a bias of 0)."""
+    tol = 0.25 / n  # the values are multiples of 1/(2n): half a step separates them
+    return float(min(1.0, sum(p for v, p in random_layer_bias_pmf(n) if v >= bias - tol)))
+
+
+def layer_biases(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per counted layer of a projections document, in (stage, block) order: its label ``s<stage>b<block>``, its
+    number of filters ``n``, ``mass``, ``bias`` = |mass - 0.5|, the random-layer null's mean ``null_mean`` and
+    ``excess`` = bias - null_mean (0 on average for a random layer of any width)."""
+    out = []
+    for s, b, e in iter_layer_entries(doc):
+        p = e.get("projections")
+        n = len(p) if isinstance(p, (list, tuple)) else 1  # the original wrote a lone float for a 1-filter layer
+        m = float(e["mass"])
+        null = random_layer_bias_mean(n)
+        out.append({"layer": f"s{s}b{b}", "n": n, "mass": m, "bias": abs(m - 0.5), "null_mean": null,
+                    "excess": abs(m - 0.5) - null})
+    return out
+
+
+def random_layer_bias_quantile(n: int, q: float) -> float:
+    """The smallest value v with P(|mass - 0.5| <= v) >= ``q`` for a random layer of ``n`` filters."""
+    acc = 0.0
+    pmf = random_layer_bias_pmf(n)
+    for v, p in pmf:
+        acc += p
+        if acc >= q - 1e-12:
+            return v
+    return pmf[-1][0]

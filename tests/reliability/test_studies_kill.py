@@ -42,7 +42,7 @@ def test_killed_study_resumes_without_training_twice(mlflow_store, cli, tmp_path
     try:
         while time.time() < deadline and proc.poll() is None:
             exps = [e.experiment_id for e in client.search_experiments()]
-            for r in _child_runs(client, exps, "train-noise-seed0"):
+            for r in _child_runs(client, exps, "train-random-seed0"):
                 done = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
                 if r.info.status == "RUNNING" and len(done) >= 1:
                     killed_in = r.info.run_id
@@ -73,15 +73,16 @@ def test_killed_study_resumes_without_training_twice(mlflow_store, cli, tmp_path
     kids = {c["name"]: c for c in doc["children"]}
     assert kids["train-clean-seed0"]["reused"] and kids["train-clean-seed0"]["run_id"] == clean_before.info.run_id
     assert kids["projections-clean-seed0"]["reused"]
-    noise = kids["train-noise-seed0"]
-    assert not noise["reused"] and noise["resumed_from"].startswith(f"runs:/{killed_in}/snapshots/epoch_")
-    k = int(noise["resumed_from"].rsplit("epoch_", 1)[1][:3])
+    control = kids["train-random-seed0"]
+    assert not control["reused"] and control["resumed_from"].startswith(f"runs:/{killed_in}/snapshots/epoch_")
+    k = int(control["resumed_from"].rsplit("epoch_", 1)[1][:3])
     assert k >= 1
-    # exactly the missing epochs were trained: the rest of the interrupted child, then the shuffle control
+    # exactly the missing epochs were trained: the rest of the interrupted child (the random-labels control), then
+    # the pixel-shuffle control
     assert counter.steps == BATCHES * ((EPOCHS - k) + EPOCHS)
     # the same command from the interrupted run's newest snapshot continues that run (shared.resume): it is the
     # child, now FINISHED, with every epoch logged once and every snapshot
-    assert noise["run_id"] == killed_in and client.get_run(killed_in).info.status == "FINISHED"
+    assert control["run_id"] == killed_in and client.get_run(killed_in).info.status == "FINISHED"
     epochs = [m.step for m in client.get_metric_history(killed_in, "train_loss")]
     assert sorted(epochs) == list(range(1, EPOCHS + 1))
     snaps = sorted(Path(a.path).name for a in client.list_artifacts(killed_in, "snapshots"))
