@@ -96,3 +96,60 @@ def figure_parameters(records: Sequence[dict[str, Any]], title: str = ""):
     if title:
         ax.set_title(title)
     return fig
+
+
+def figure_curves(curves: dict[str, Sequence[Sequence[float]]], title: str = "", tolerance: float | None = None):
+    """Validation top-1 per epoch of each network (label -> one curve per seed): the mean over seeds, and the
+    band from the lowest to the highest seed. ``tolerance``: a bar of that height beside the legend's networks,
+    to judge a gap by (pp)."""
+    if not curves or not any(len(c) for c in curves.values()):
+        raise UsageError("no training curves to plot")
+    fig, axes = new_figure(1, 2, figsize=(13, 4.6), layout="constrained")
+    for label, runs in curves.items():
+        n = min((len(r) for r in runs), default=0)
+        if n == 0:
+            continue
+        a = np.asarray([list(r)[:n] for r in runs], dtype=float)
+        ep = np.arange(1, n + 1)
+        for ax in axes:
+            line, = ax.plot(ep, a.mean(axis=0), marker="o", ms=3, label=f"{label} ({len(runs)} seeds)")
+            ax.fill_between(ep, a.min(axis=0), a.max(axis=0), color=line.get_color(), alpha=0.2)
+    top = max(float(np.max(np.asarray(list(r), dtype=float))) for runs in curves.values() for r in runs if len(r))
+    axes[1].set_ylim(top - 8.0, top + 1.0)  # the end of training, where the verdicts are read
+    if tolerance:
+        axes[1].axhspan(top - tolerance, top, color="0.85", alpha=0.5, label=f"{tolerance:g} pp below the best")
+    for ax, t in zip(axes, ("whole curve", "last points (zoom)")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation top-1 [%]")
+        ax.set_title(t)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def figure_profiles(profiles: dict[str, Sequence[float]], title: str = ""):
+    """The widths per layer of each network (label -> widths), as the share of its features per layer: where the
+    budget is; dashed lines end the first third of the layers and begin the last."""
+    if not profiles:
+        raise UsageError("no networks to draw")
+    fig, ax = new_figure(figsize=(8, 4.4), layout="constrained")
+    k = len(profiles)
+    for j, (label, widths) in enumerate(profiles.items()):
+        w = np.asarray(widths, dtype=float)
+        x = np.arange(w.size) + (j - (k - 1) / 2) * 0.8 / k
+        ax.bar(x, 100.0 * w / w.sum(), width=0.8 / k, label=f"{label} ({int(w.sum())} features)")
+    n = max(len(w) for w in profiles.values())
+    for edge, text in ((n / 3, "first third |"), (2 * n / 3, "| last third")):
+        ax.axvline(edge - 0.5, color="0.4", ls="--", lw=1)
+        ax.text(edge - 0.5, ax.get_ylim()[1] * 0.97, text, ha="right" if text[0] != "|" else "left", va="top",
+                fontsize=8, color="0.3")
+    ax.set_xticks(range(n))
+    ax.set_xlabel("layer (13 convolutions, then 2 hidden linear layers, for VGG-16)")
+    ax.set_ylabel("share of the features [%]")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return fig

@@ -115,3 +115,15 @@ def from_csv(text: str) -> list[dict[str, Any]]:
             continue
         out.append({c: _parse(c, v) for c, v in zip(header, r) if c})
     return out
+
+
+def late_gain(values: Sequence[float], last: int = 2) -> float:
+    """How much a training curve still rose at its end: the best of all ``values`` (per-epoch validation top-1)
+    minus the best before the ``last`` epochs, in the curve's units (never negative; NaN when the curve has no more
+    than ``last`` points). A flattened curve gains little; one still learning gains a lot."""
+    v = [float(x) for x in values]
+    if last < 1:
+        raise ValueError(f"last must be >= 1, got {last}")
+    if len(v) <= last or not all(math.isfinite(x) for x in v):
+        return math.nan
+    return max(v) - max(v[:-last])

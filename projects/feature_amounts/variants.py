@@ -238,3 +238,75 @@ def select_variants(variants: Sequence[Variant], start: int = 0, stop: int | Non
             continue
         out.append(v)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Where a network's features are (added for the study; pure, and none of the above depends on them)
+
+
+def third(num_layers: int) -> int:
+    """The number of layers in a third of a width list: ``num_layers / 3`` (15 -> 5 for VGG-16), at least 1."""
+    if num_layers < 1:
+        raise UsageError(f"a width list needs at least one layer, got {num_layers}")
+    return max(1, int(round(num_layers / 3)))
+
+
+def budget_share(widths: Sequence[float], where: str = "first", layers: int | None = None) -> float:
+    """The share of a network's features (the sum of its widths) in its first (``where="first"``) or last
+    (``"last"``) ``layers`` layers, default a third of them: VGG-16 puts 12 % of its features in layers 0-4."""
+    w = np.asarray(widths, dtype=np.float64)
+    if w.ndim != 1 or w.size == 0 or not (w >= 0).all() or w.sum() <= 0:
+        raise UsageError(f"widths must be a non-empty list of non-negative numbers with a positive sum, got {widths}")
+    if where not in ("first", "last"):
+        raise UsageError(f"where must be 'first' or 'last', got {where!r}")
+    k = third(w.size) if layers is None else int(layers)
+    if not 1 <= k <= w.size:
+        raise UsageError(f"layers must be in 1..{w.size}, got {k}")
+    part = w[:k] if where == "first" else w[w.size - k:]
+    return float(part.sum() / w.sum())
+
+
+def centre_of_mass(widths: Sequence[float]) -> float:
+    """The layer index (0-based) at the centre of a network's features: sum(i w_i) / sum(w_i) (VGG-16: 9.06)."""
+    w = np.asarray(widths, dtype=np.float64)
+    if w.ndim != 1 or w.size == 0 or not (w >= 0).all() or w.sum() <= 0:
+        raise UsageError(f"widths must be a non-empty list of non-negative numbers with a positive sum, got {widths}")
+    return float((w * np.arange(w.size)).sum() / w.sum())
+
+
+def proportional_widths(base: Sequence[float], total: int, min_filters: int = MIN_LAYER_FILTERS) -> tuple[int, ...]:
+    """Integer widths proportional to ``base`` that sum to exactly ``total``: each layer gets the floor of its
+    share (at least ``min_filters``), and the features left go one each to the layers with the largest remainders
+    (ties: the earlier layer). ``total = sum(base)`` returns ``base`` itself."""
+    b = np.asarray(base, dtype=np.float64)
+    if b.ndim != 1 or b.size == 0 or not (b > 0).all():
+        raise UsageError(f"base widths must be positive, got {base}")
+    total = int(total)
+    if total < min_filters * b.size:
+        raise UsageError(f"a total of {total} features cannot give {b.size} layers {min_filters} each")
+    exact = b * total / b.sum()
+    out = np.maximum(np.floor(exact + 1e-9).astype(int), min_filters)
+    rem = exact - np.floor(exact + 1e-9)
+    order = sorted(range(b.size), key=lambda i: (-rem[i], i))
+    left = total - int(out.sum())
+    i = 0
+    while left > 0:  # hand out the rest by remainder
+        out[order[i % b.size]] += 1
+        left -= 1
+        i += 1
+    while left < 0:  # the floor of min_filters took more than the total: take back from the widest layers
+        j = max((k for k in range(b.size) if out[k] > min_filters), key=lambda k: (out[k] - exact[k], out[k]))
+        out[j] -= 1
+        left += 1
+    return tuple(int(v) for v in out)
+
+
+def reference_widths_at_budget(depth: int = 16, patch_size: int = 32, width_multiplier: float = 1.0) -> tuple[int, ...]:
+    """The unmodified VGG widths scaled to the variants' nominal budget, round(sum(base) * multiplier) features in
+    all (524.8 -> 525 at x0.1 for VGG-16), in proportion to the base widths (:func:`proportional_widths`). The
+    reference that ``train --reference`` builds rounds every layer up instead (534 features at x0.1); at multiplier
+    1 both are VGG-D itself."""
+    base = base_widths(depth, patch_size)
+    if not width_multiplier > 0:
+        raise UsageError(f"--width-multiplier must be > 0, got {width_multiplier}")
+    return proportional_widths(base, int(round(sum(base) * width_multiplier)))
