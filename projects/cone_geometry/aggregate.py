@@ -195,3 +195,70 @@ def to_jsonable(obj: Any) -> Any:
     if isinstance(obj, (np.floating, np.integer)):
         return to_jsonable(obj.item())
     return obj
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Nulls and replicates of the study (pure; they do not change any statistic above)
+
+
+def block_sizes(doc: dict) -> np.ndarray:
+    """Filter-channels per block (the sum over its pairs): the ``n`` whose fractions a block's state distribution
+    averages (36, 256 and 4096 in LeNet9)."""
+    return np.array([sum(len(pair) for pair in block) for block in _entries(doc)], dtype=np.float64)
+
+
+def block_fraction_stack(docs: Sequence[dict]) -> np.ndarray:
+    """``(networks, blocks, 4)``: the block-wise state fractions of each document (one network each)."""
+    if not docs:
+        raise UsageError("nothing to stack: no nesting documents given")
+    _check_same_structure(docs)
+    return np.stack([np.stack(doc_fractions(d)["blocks"]) for d in docs])
+
+
+def sampling_floor(p: np.ndarray, n: np.ndarray | float) -> np.ndarray:
+    """``sum_s p_s (1 - p_s) / n`` over the last axis: the variance (summed over the states) that the fractions of
+    ``n`` independent filter-channels with state probabilities ``p`` have from sampling alone."""
+    p = np.asarray(p, dtype=np.float64)
+    return (p * (1.0 - p)).sum(axis=-1) / np.asarray(n, dtype=np.float64)
+
+
+def variance_shares(fractions: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Each network's share of the across-network variance of every block's state fractions, in units of the
+    block's sampling floor: ``(K, B)`` from ``fractions`` ``(K, B, S)`` and ``n`` ``(B,)``,
+
+        r_kb = K / (K - 1) * sum_s (p_kbs - mean_k p_kbs)^2 / floor_b,  floor_b = sum_s pbar_bs (1 - pbar_bs) / n_b,
+
+    so that the mean over k is the variance across networks (ddof 1, summed over the states) divided by the floor:
+    about 1 for networks whose filter-channels are independent draws of one distribution, whatever ``n_b``; above 1
+    when networks differ beyond sampling. NaN where the floor is 0 (every network in one state). Needs K >= 2."""
+    fr = np.asarray(fractions, dtype=np.float64)
+    k = fr.shape[0]
+    if k < 2:
+        raise UsageError("variance shares need at least two networks")
+    pbar = fr.mean(axis=0)
+    dev2 = ((fr - pbar) ** 2).sum(axis=-1) * (k / (k - 1))
+    floor = sampling_floor(pbar, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(floor > 0, dev2 / np.where(floor > 0, floor, 1.0), np.nan)
+
+
+def slope(xs: Sequence[float], ys: np.ndarray) -> np.ndarray:
+    """Least-squares slope of ``ys`` (last axis) against ``xs``; NaN where a row has a non-finite value."""
+    x = np.asarray(xs, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.float64)
+    if x.size < 2:
+        raise UsageError("a slope needs at least two points")
+    xc = x - x.mean()
+    return (y - y.mean(axis=-1, keepdims=True)) @ xc / float(xc @ xc)
+
+
+def tv_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Total-variation distance 0.5 sum_s |p_s - q_s| over the last axis."""
+    return 0.5 * np.abs(np.asarray(p, dtype=np.float64) - np.asarray(q, dtype=np.float64)).sum(axis=-1)
+
+
+def contrast(first: float, last: float) -> float:
+    """``(first - last) / (first + last)`` in [-1, 1]: how much ``last`` shrank from ``first`` (1: to 0; 0: no
+    change; -1: from 0); 0 when both are 0 (nothing changed, so nothing shrank)."""
+    total = first + last
+    return 0.0 if total == 0 else float((first - last) / total)

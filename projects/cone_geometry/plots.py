@@ -3,7 +3,8 @@
 - :func:`states_net`: net-wise distribution of the four states (bars, mean +- std over runs);
 - :func:`states_blocks`: block-wise distribution (grouped bars per block);
 - :func:`continuous`: distributions of the per-filter-channel distance (normalized), opening and rotation, per block;
-- :func:`evolution_states` / :func:`evolution_continuous`: the same statistics over teacher epochs.
+- :func:`evolution_states` / :func:`evolution_continuous`: the same statistics over teacher epochs;
+- :func:`normalized_variance` / :func:`step_distances`: the study's statistics beside their nulls, per run.
 """
 from __future__ import annotations
 
@@ -110,6 +111,46 @@ def evolution_continuous(evo: dict, title: str):
         ax.set_ylabel(CONT_LABELS[stat])
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: continuous statistics over the teacher's training", fontsize=10)
+    return fig
+
+
+def normalized_variance(arms: dict[str, np.ndarray], trend: list[int], title: str):
+    """Per block, each run's share of the variance across runs in units of the sampling floor (``arms``: name ->
+    (runs, blocks)); bars are the means, points the runs; blocks outside ``trend`` are marked."""
+    names = list(arms)
+    nb = next(iter(arms.values())).shape[1]
+    fig, ax = new_figure(figsize=(max(6, 1.8 * nb + 2), 3.6))
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(nb)
+    for i, name in enumerate(names):
+        v = np.asarray(arms[name], dtype=float)
+        pos = x + (i - (len(names) - 1) / 2) * width
+        ax.bar(pos, np.nanmean(v, axis=0), width, color=COLORS[i % len(COLORS)], alpha=0.6, label=name)
+        for b in range(nb):
+            ax.plot(np.full(v.shape[0], pos[b]), v[:, b], "k.", ms=4)
+    ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
+    ax.set_xticks(x, [f"block {b}" + ("" if b in trend else " (not in slope)") for b in range(nb)])
+    ax.set_ylabel("variance / sampling floor")
+    ax.legend(fontsize=7)
+    ax.set_title(f"{title}: variance across runs per block, normalized", fontsize=10)
+    return fig
+
+
+def step_distances(arms: dict[str, np.ndarray], steps: list[str], title: str):
+    """Per run, the distance per teacher epoch between consecutive students (``arms``: name -> (runs, steps))."""
+    fig, ax = new_figure(figsize=(6, 3.6))
+    x = np.arange(len(steps))
+    for i, (name, v) in enumerate(arms.items()):
+        v = np.asarray(v, dtype=float)
+        for r, row in enumerate(v):
+            ax.plot(x, row, marker="o", ms=3, color=COLORS[i % len(COLORS)], alpha=0.7,
+                    label=name if r == 0 else None)
+    ax.set_xticks(x, steps)
+    ax.set_xlabel("consecutive trained teacher epochs")
+    ax.set_ylabel("total variation per epoch")
+    if steps:
+        ax.legend(fontsize=7)
+    ax.set_title(f"{title}: how much each step changes the net-wise distribution", fontsize=10)
     return fig
 
 

@@ -25,7 +25,7 @@ from shared.files import SNAPSHOT_FORMAT, ensure_writable_dir, load_weights, wri
 from shared.plotting import save_figure
 from shared.progress import say
 from shared.tracking import Tracker, list_run_artifacts, load_json_input, parse_run_ref
-from shared.train import KillPlateaus, TrainConfig
+from shared.train import Callback, KillPlateaus, TrainConfig, autocast, seed_everything, to_memory_format
 
 PROJECT = "cone_geometry"
 
@@ -190,6 +190,79 @@ def original_loader(dataset: str | None) -> Callable[[dict, str, Any], torch.nn.
 # Distillation
 
 
+def teacher_agreement(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> tuple[float, float]:
+    """Student-teacher agreement of one set of outputs (pure): the fraction of inputs whose top-1 classes agree,
+    and the mean over inputs of KL(softmax(t) || softmax(s)) at T = 1, in nats (float64)."""
+    s = student_logits.detach().to(torch.float64)
+    t = teacher_logits.detach().to(torch.float64)
+    check(s.shape == t.shape and s.ndim == 2 and len(s) > 0, "teacher_agreement needs (N, K) logits of equal shape")
+    agree = float((s.argmax(1) == t.argmax(1)).to(torch.float64).mean())
+    log_q, log_p = torch.log_softmax(t, 1), torch.log_softmax(s, 1)
+    kl = float((log_q.exp() * (log_q - log_p)).sum(1).mean())
+    return agree, kl
+
+
+class TeacherAgreement(Callback):
+    """Logs the student's agreement with its teacher on the test split (the validation split when there is no test
+    split): ``<split>_teacher_agreement`` (top-1) and ``<split>_teacher_kl`` (KL(teacher || student) at T = 1, nats)
+    at step 0 (the student at initialization, when training starts from it) and at the end of distillation (step =
+    the epochs done). The teacher's and the student's outputs are those of eval mode, under the run's precision."""
+
+    def __init__(self, teacher: torch.nn.Module):
+        self.teacher = teacher
+
+    def measure(self, trainer: Any) -> dict[str, float]:
+        data, cfg = trainer.data, trainer.cfg
+        split, loader = ("test", data.test) if data.test is not None else ("val", data.val)
+        if loader is None:
+            return {}
+        model, dev = trainer.model, trainer.device
+        was_training = model.training
+        model.eval()
+        self.teacher.to(dev).eval()
+        outs_s, outs_t = [], []
+        with torch.no_grad():
+            for x, _ in loader:
+                x = to_memory_format(x.to(dev, non_blocking=True), cfg.channels_last)
+                with autocast(dev, cfg.precision):
+                    outs_s.append(model(x).float().cpu())
+                    outs_t.append(self.teacher(x).float().cpu())
+        model.train(was_training)
+        agree, kl = teacher_agreement(torch.cat(outs_s), torch.cat(outs_t))
+        return {f"{split}_teacher_agreement": agree, f"{split}_teacher_kl": kl}
+
+    def on_train_start(self, trainer: Any) -> None:
+        if trainer.epoch == 0:
+            trainer.tracker.log_metrics(self.measure(trainer), step=0)
+
+    def on_train_end(self, trainer: Any) -> None:
+        trainer.tracker.log_metrics(self.measure(trainer), step=trainer.epoch)
+        trainer.tracker.flush()
+
+
+def snapshot_agreement(student: str, teacher: str, *, dataset: str | None = None, data_path: str = "./data",
+                       batch_size: int = 500, device: str = "cpu") -> tuple[float, float]:
+    """:func:`teacher_agreement` of a student snapshot with any teacher snapshot (paths, MLflow URIs or runs) on the
+    test split of ``dataset`` (default: the student's): what `distill` logs against its own teacher, for another
+    pair (e.g. the student of the untrained teacher against the trained teacher). fp32, eval mode."""
+    from shared.train import resolve_device
+
+    s_loaded = load_source(student, "student snapshot")
+    t_loaded = load_source(teacher, "teacher snapshot")
+    ds = dataset or s_loaded.snap.get("dataset") or (s_loaded.snap.get("data_config") or {}).get("dataset")
+    data = load_data(make_data_config(dataset=ds or "cifar10", data_path=data_path, batch_size=batch_size))
+    dev = resolve_device(device)
+    models = [model_from_snapshot(x.snap, None, data, PROJECT, original=original_loader(ds), source=x.source)
+              .to(dev).eval() for x in (s_loaded, t_loaded)]
+    outs: list[list[torch.Tensor]] = [[], []]
+    with torch.no_grad():
+        for x, _ in data.test:
+            x = x.to(dev)
+            for out, m in zip(outs, models):
+                out.append(m(x).float().cpu())
+    return teacher_agreement(torch.cat(outs[0]), torch.cat(outs[1]))
+
+
 @dataclass
 class DistillResult:
     run_id: str | None
@@ -226,6 +299,7 @@ def distill(teacher: str, *, arch: str | None, data_options: dict, train_cfg: Tr
     data = load_data(data_cfg, seed=train_cfg.seed)
     teacher_model = model_from_snapshot(loaded.snap, t_arch, data, PROJECT, original=original_loader(data_cfg.dataset),
                                         source=loaded.source)
+    seed_everything(train_cfg.seed)  # the student's initial weights follow --seed (students of one seed start alike)
     student = model_for(student_of(t_arch), data, PROJECT, init=init)
     loss = DistillLoss(teacher_model, temperature, alpha, kl_reduction)
     cfg = replace(train_cfg, snapshot_every=0, snapshot_all_until=0)  # init and final student, as the original
@@ -239,7 +313,8 @@ def distill(teacher: str, *, arch: str | None, data_options: dict, train_cfg: Tr
     name = run_name or f"Student_{t_arch}-from-epoch{loaded.epoch or '?'}" + (f"-run{loaded.run}" if loaded.run else "")
     out = run_training(project=PROJECT, entry_point="distill", arch=student_of(t_arch), data_cfg=data_cfg,
                        train_cfg=cfg, data=data, model=student, loss_fn=loss,
-                       callbacks=[KillPlateaus("loss-ratio")] if kill_plateaus else [], out_dir=out_dir,
+                       callbacks=([KillPlateaus("loss-ratio")] if kill_plateaus else [])
+                       + [TeacherAgreement(teacher_model)], out_dir=out_dir,
                        params=params, tags=tags, run_name=name, progress=progress,
                        snapshot_meta={"teacher_epoch": loaded.epoch, "cone_run": loaded.run,
                                       "teacher_source": loaded.source, "teacher_arch": t_arch, "init": init})
