@@ -134,3 +134,26 @@ def entry_curves(groups: dict[int, list[tuple[str, np.ndarray]]], entries, beta:
                                      "choose --entries inside the matrices")
                 out[(i, j)].append((L, label, layer_axis(L), (float(L) ** beta) * w[:, i, j]))
     return out
+
+
+def weight_change(trained, initial) -> np.ndarray:
+    """W_k(trained) - W_k(initial) as an (L, dim, dim) float64 stack (what training added to each layer)."""
+    a, b = as_stack(trained), as_stack(initial)
+    if a.shape != b.shape:
+        raise UsageError(f"the trained weights have shape {a.shape} but the initial ones {b.shape}; pair the weights "
+                         "of one fit")
+    return a - b
+
+
+def layer_order_ratio(w, p: float, beta: float = 0.0, shuffles: int = 16, seed: int = 0) -> float:
+    """The order ratio (:func:`projects.depth_limit.pvar.order_ratio`) of the path x_k = L^beta vec W_k: its
+    p-variation norm over that of the same layers in random orders. Scale-free, so beta does not change it."""
+    from projects.depth_limit.pvar import order_ratio
+
+    return order_ratio(weight_path(as_stack(w), beta), p, shuffles, seed).ratio
+
+
+def order_ratio_table(groups: dict[int, list[tuple[str, np.ndarray]]], p: float, beta: float = 0.0,
+                      shuffles: int = 16, seed: int = 0) -> dict[int, list[float]]:
+    """{L: [layer_order_ratio of each run]} (the permutations are the same for every run of one L)."""
+    return {L: [layer_order_ratio(w, p, beta, shuffles, seed) for _, w in runs] for L, runs in groups.items()}

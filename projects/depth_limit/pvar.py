@@ -510,3 +510,41 @@ def warmup() -> float:
             _tree_partition(x, p)
             _dense_partition(x, p)
     return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the same points without their order (a scale-free statistic and its null)
+
+
+@dataclass(frozen=True)
+class OrderRatio:
+    """Result of :func:`order_ratio`: ``ordered`` = V_p(x)^(1/p) of the path, ``shuffled`` = V_p(x_pi)^(1/p) of the
+    same points in each random order pi, ``ratio`` = ordered / mean(shuffled)."""
+
+    ratio: float
+    ordered: float
+    shuffled: np.ndarray
+    p: float
+
+
+def shuffled_p_variations(path, p: float, shuffles: int = 16, seed: int = 0, *, method: str = "auto") -> np.ndarray:
+    """V_p(x_pi)^(1/p) for ``shuffles`` random orders pi of the path's points (``numpy.random.default_rng(seed)``):
+    the p-variation norm the same points have once their order is forgotten (an exchangeable path of the same
+    values). The permutations depend only on (n, shuffles, seed), so two paths of the same length are shuffled alike."""
+    if int(shuffles) < 1:
+        raise UsageError(f"shuffles must be >= 1, got {shuffles}")
+    x = as_path(path)
+    rng = np.random.default_rng(seed)
+    return np.array([p_variation(x[rng.permutation(x.shape[0])], p, method=method).norm for _ in range(int(shuffles))])
+
+
+def order_ratio(path, p: float, shuffles: int = 16, seed: int = 0, *, method: str = "auto") -> OrderRatio:
+    """V_p(x)^(1/p) over the mean of :func:`shuffled_p_variations`: scale-free (the same for c x, c != 0); about 1
+    when the points are exchangeable (i.i.d. layers), and about n^(-1/p) times a constant when the path has a
+    bounded p-variation relative to its spread (a regular path: the shuffled points' p-variation grows like
+    n^(1/p), the ordered path's does not). nan for a constant path (0 / 0)."""
+    x = as_path(path)
+    ordered = p_variation(x, p, method=method).norm
+    shuffled = shuffled_p_variations(x, p, shuffles, seed, method=method)
+    mean = float(shuffled.mean())
+    return OrderRatio(ordered / mean if mean > 0 else math.nan, float(ordered), shuffled, float(p))
