@@ -55,8 +55,7 @@ class Settings:
     lr: float = setting(0.05, like="train")
     lr_wr_epochs: int = setting(4, like="train")
     dropout: float = setting(0.0, like="train")
-    seeds: tuple = setting((0, 1), SEEDS_HELP + " Here: each seed trains the reference and both variants "
-                                                "(the verdicts pair them by seed).")
+    seeds: tuple = setting((0, 1), SEEDS_HELP)  # each trains the reference and both variants (paired by seed)
     min_share: float = setting(0.5, "Share of its features that the early variant must have in the first third of "
                                     "the layers (VGG-16 has 0.12, a uniform spread 1/3); the late one is its mirror.")
     tolerance: float = setting(2.0, "Accuracy (percentage points) within which a variant counts as comparable to the "

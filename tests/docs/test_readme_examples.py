@@ -72,7 +72,7 @@ REWRITE = [
     (r"--scale (cpu|paper)\b", "--scale smoke"),
     (r"-P scale=\w+", "-P scale=smoke"),
     (r"--depths \S+", "--depths 8,32"),
-    (r"--seeds \S+", "--seeds 1"),
+    (r"--seeds \S+", "--seeds 1,2"),
     (r"mpiexec -n \d+", "mpiexec -n 2"),
     # a placeholder space file: the test writes it (see _space_file)
     (r"--space my_space\.yaml", "--space {space}"),
