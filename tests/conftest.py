@@ -36,6 +36,18 @@ def _no_pending_interrupts():
     interrupts.uninstall()
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks: one torch thread is fastest, and robust when the machine is busy (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")`` in a module, or an autouse wrapper in a conftest)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def _template_store(tmp_path_factory) -> Path:
     from mlflow.tracking import MlflowClient

@@ -13,12 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _literal(student_logits, teacher_logits):

@@ -13,13 +13,7 @@ from mlflow.tracking import MlflowClient
 from projects.cone_geometry.models import build
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny networks: one thread is fastest, and robust when the machine is busy
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _runs(entry_point):
