@@ -74,9 +74,7 @@ class Settings:
     depths: tuple = setting((8, 16, 32), "Depths L (comma-separated, at least two; three or more "
                                          "for a fitted slope: the statistic is a slope against log L).")
     alphas: tuple = setting((0.5, 0.75), "Scaling exponents alpha (comma-separated, at least two).")
-    seeds: tuple = setting((1234, 1235), SEEDS_HELP + " Here: each seed fits every (dataset, alpha, L) once (the "
-                                                      "verdicts pair trained and initial weights, and alphas, by "
-                                                      "seed).")
+    seeds: tuple = setting((1234, 1235), SEEDS_HELP)  # each fits every (dataset, alpha, L) once (paired by seed)
     epochs: int = setting(60, like="fit")  # full-batch gradient steps of every fit
     regression_dim: int = setting(10, "Hidden dimension of the regression fits.")
     class_dim: int = setting(10, "Hidden dimension of the classification fits (>= classes).")

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from test_cone_cli import _runs, one_thread  # noqa: F401  (one_thread: autouse fixture, one torch thread)
+from test_cone_cli import _runs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 from projects.cone_geometry import nesting
 from projects.cone_geometry.models import build
