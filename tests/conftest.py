@@ -5,7 +5,7 @@
   working directory is ``tmp_path`` so local artifacts and outputs land there. Yields the tracking URI.
 - ``warm_cache``: the digits split, built once per session, copied into ``tmp_path/cache`` (the GEOMLAB_CACHE of
   ``mlflow_store`` and of the subprocess tests): a cold cache costs each process that loads digits the ~2 s
-  scikit-learn import (the cold path has its own test in tests/shared/test_spine_data.py).
+  scikit-learn import (the cold path has its own test in tests/shared/test_data_options_and_formats.py).
 - ``cli``: run ``geomlab`` commands in-process: ``cli("cone-geometry", "train", "--epochs", "1")`` returns a
   typer Result (``.exit_code``, ``.stdout``, ``.stderr``).
 - ``write_mnist_like`` / ``write_cifar_like``: tiny datasets in the exact on-disk formats torchvision reads.
